@@ -1,0 +1,21 @@
+# Entry points used by the README quickstart and by .ci/run.
+VENV ?= .venv
+export ECONLM_DATA ?= $(abspath ../shared/data/arxiv-econ)
+export HF_HUB_OFFLINE = 1
+
+.PHONY: install install-ci quickstart test
+
+install:
+	VENV=$(VENV) scripts/install.sh
+
+install-ci:
+	VENV=$(VENV) WITH_BROWSER=1 scripts/install.sh
+
+# The main job on the shipped defaults.
+quickstart: install
+	$(VENV)/bin/econlm data validate $(ECONLM_DATA)/train.jsonl $(ECONLM_DATA)/validation.jsonl $(ECONLM_DATA)/test.jsonl
+	$(VENV)/bin/econlm data build --tasks title,classify --out out/datasets
+	$(VENV)/bin/econlm data stats $(ECONLM_DATA) --out out/stats
+
+test: install-ci
+	$(VENV)/bin/python -m pytest -q

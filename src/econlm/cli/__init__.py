@@ -1,0 +1,21 @@
+"""Console entry point: `econlm`. User mistakes become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from econlm.errors import UserError
+
+from econlm.cli._base import main as cli
+from econlm.cli import data as _data  # noqa: F401  (registers `econlm data ...`)
+from econlm.cli import models as _models  # noqa: F401  (registers `econlm models ...`)
+
+
+def main() -> None:
+    try:
+        cli(prog_name="econlm")
+    except UserError as exc:
+        click.echo(f"econlm: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
