@@ -1,0 +1,51 @@
+"""Shared measurement helpers for the benchmarks: peak RSS, machine description, result files."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from econlm.io import atomic_write_json
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for dist in ("torch", "transformers", "peft", "accelerate"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "versions": versions,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_result(out: str | Path, name: str, result: dict) -> Path:
+    """Write OUT (a .json file, or a directory that gets NAME-<timestamp>.json) atomically."""
+    out = Path(out)
+    if out.suffix != ".json":
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        out = out / f"{name}-{stamp}.json"
+    atomic_write_json(out, {"benchmark": name, "machine": machine(), **result})
+    return out
