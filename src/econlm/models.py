@@ -140,9 +140,12 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, provenance: dict[st
     gguf_path = Path(gguf_path)
     folder, filename = str(gguf_path.parent), gguf_path.name
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=filename)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        raise UserError(f"{gguf_path}: cannot read as a GGUF model ({type(exc).__name__}: {str(exc)[:200]})") from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     # Rebuild a plain model from the config: the GGUF-loaded one carries a quantisation marker

@@ -1,0 +1,3 @@
+from econlm.cli import main
+
+main()
