@@ -57,12 +57,12 @@ def print_stats(stats: dict, console) -> None:
     console.print(table)
 
     years = sorted({y for per in stats["years"].values() for y in per}, key=str)
+    names = list(stats["years"])
     table = Table(title="Papers per first-submission year (all categories)")
-    table.add_column("split")
+    for col in ("year", *names):
+        table.add_column(col, justify="right")
     for y in years:
-        table.add_column(y, justify="right")
-    for name, per in stats["years"].items():
-        table.add_row(name, *(str(sum(per.get(y, {}).values())) for y in years))
+        table.add_row(y, *(str(sum(stats["years"][n].get(y, {}).values())) for n in names))
     console.print(table)
 
     if stats["token_percentiles"]:
