@@ -48,3 +48,26 @@ def small_corpus(shared_corpus, tmp_path_factory) -> Path:
     return write_small_corpus(
         shared_corpus, tmp_path_factory.mktemp("small-corpus"), {"train": 30, "validation": 12, "test": 12}
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory) -> Path:
+    """A 2-layer random LLaMA with the real SmolLM2 tokenizer (chat template included), saved as
+    a plain HF folder: fast enough to run generation and scoring end to end in tests."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from econlm.models import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
