@@ -10,6 +10,7 @@ from econlm.errors import UserError
 
 from econlm.cli._base import main as cli
 from econlm.cli import data as _data  # noqa: F401  (registers `econlm data ...`)
+from econlm.cli import harvest as _harvest  # noqa: F401
 from econlm.cli import models as _models  # noqa: F401  (registers `econlm models ...`)
 
 
