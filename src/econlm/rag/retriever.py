@@ -1,0 +1,120 @@
+"""Hybrid retrieval: dense (FAISS, cosine) and keyword (BM25) rankings fused by reciprocal rank.
+
+Dense search finds paraphrases; BM25 finds exact terms (names, acronyms, JEL codes) that a small
+embedder blurs. Reciprocal rank fusion (Cormack et al., 2009) combines the two rankings without
+calibrating their scores against each other: score = sum over rankings of 1 / (rrf_k + rank).
+
+A fused list always has *some* top-k, so relevance is decided separately: a passage counts only
+if its cosine similarity reaches `min_cosine` or it shares a content word with the question.
+When nothing qualifies, `search` returns no hits and the answer step says so instead of letting
+the model invent an answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from econlm.types import Chunk
+
+_WORD_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
+RRF_K = 60  # the constant from the RRF paper; damps the weight of the very first ranks
+MIN_COSINE = 0.25  # all-MiniLM-L6-v2: unrelated sentences score about 0.0-0.15, related ones 0.3+
+
+
+def _stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def tokenize(text: str, stop_words: frozenset[str]) -> list[str]:
+    """Lower-cased words without English stop words (BM25's terms; no stemming)."""
+    return [w for w in _WORD_RE.findall(text.lower()) if len(w) > 1 and w not in stop_words]
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: Chunk
+    score: float  # fused RRF score (higher is better)
+    cosine: float  # dense similarity to the question
+    dense_rank: int | None  # 1-based rank in each list, None when absent from it
+    keyword_rank: int | None
+
+
+class HybridRetriever:
+    """Search one loaded `econlm.rag.store.Index` with the embedder that built it."""
+
+    def __init__(self, index, embedder, candidates: int = 50, rrf_k: int = RRF_K, min_cosine: float = MIN_COSINE):
+        from rank_bm25 import BM25Okapi
+
+        if index.embedder != embedder.name:
+            from econlm.errors import UserError
+
+            raise UserError(
+                f"index {index.name} was built with embeddings {index.embedder!r}, not {embedder.name!r}; rebuild it"
+            )
+        self.index = index
+        self.embedder = embedder
+        self.candidates = candidates
+        self.rrf_k = rrf_k
+        self.min_cosine = min_cosine
+        self._stop = _stop_words()
+        tokens = [tokenize(c.text, self._stop) for c in index.chunks]
+        self._postings: dict[str, list[int]] = {}  # term -> ids of the chunks containing it
+        for i, chunk_tokens in enumerate(tokens):
+            for term in set(chunk_tokens):
+                self._postings.setdefault(term, []).append(i)
+        self._bm25 = BM25Okapi(tokens) if tokens else None
+
+    def dense(self, query_vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(cosines, chunk ids) of the n nearest chunks (ids are -1 past the end of a small index)."""
+        scores, ids = self.index.faiss_index.search(query_vector.reshape(1, -1).astype(np.float32), n)
+        return scores[0], ids[0]
+
+    def keyword(self, query_terms: list[str], n: int) -> list[int]:
+        """Chunk ids sharing at least one term with the query, best BM25 score first."""
+        if self._bm25 is None or not query_terms:
+            return []
+        matching = sorted({i for term in set(query_terms) for i in self._postings.get(term, ())})
+        if not matching:
+            return []
+        scores = self._bm25.get_batch_scores(query_terms, matching)
+        order = np.argsort(-np.asarray(scores), kind="stable")[:n]
+        return [matching[j] for j in order]
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The k best relevant chunks for `query` (possibly fewer, possibly none)."""
+        n_chunks = len(self.index.chunks)
+        if n_chunks == 0 or not query.strip():
+            return []
+        query_vector = self.embedder.encode([query])[0]
+        n = min(max(self.candidates, k), n_chunks)
+        cosines, dense_ids = self.dense(query_vector, n)
+        query_terms = tokenize(query, self._stop)
+        keyword_ids = self.keyword(query_terms, n)
+
+        dense_rank = {int(i): r for r, i in enumerate(dense_ids, 1) if i >= 0}
+        cosine = {int(i): float(c) for c, i in zip(cosines, dense_ids) if i >= 0}
+        keyword_rank = {i: r for r, i in enumerate(keyword_ids, 1)}
+        fused = {}
+        for i in dense_rank.keys() | keyword_rank.keys():
+            if i not in keyword_rank and cosine[i] < self.min_cosine:
+                continue  # neither semantically close nor sharing a word: not relevant
+            fused[i] = sum(1.0 / (self.rrf_k + ranks[i]) for ranks in (dense_rank, keyword_rank) if i in ranks)
+        best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
+        return [
+            Hit(
+                chunk=self.index.chunks[i],
+                score=fused[i],
+                cosine=cosine[i] if i in cosine else self._cosine(query_vector, i),
+                dense_rank=dense_rank.get(i),
+                keyword_rank=keyword_rank.get(i),
+            )
+            for i in best
+        ]
+
+    def _cosine(self, query_vector: np.ndarray, i: int) -> float:
+        return float(np.dot(self.index.faiss_index.reconstruct(i), query_vector))
