@@ -1,0 +1,211 @@
+"""A `Backend` over any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server, Ollama).
+
+Plain httpx rather than the `openai` SDK: econlm needs three calls (chat, streamed chat, chat
+with log-probabilities), and local servers differ from OpenAI in small ways the code handles
+itself (servers that ignore `n`, that send no usage, that need no key).
+
+- Base URL from `base_url` or `$OPENAI_BASE_URL` (default https://api.openai.com/v1); key from
+  `api_key` or `$OPENAI_API_KEY` (local servers usually need none).
+- Timeouts on every request; bounded retries with exponential backoff on 429, 5xx and
+  connection errors (a `Retry-After` header is honoured up to `max_backoff`); `concurrency`
+  requests in flight at most.
+- `score_options` asks for the log-probabilities of the first reply token (`logprobs` with
+  `top_logprobs`): exact for options that start with different tokens, as the classification
+  answers do. An endpoint that returns no log-probabilities cannot score and says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+from econlm.backends import Decoding, Messages
+from econlm.errors import UserError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+TOP_LOGPROBS = 20  # the most OpenAI allows
+
+
+class OpenAIBackend:
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        concurrency: int = 4,
+    ):
+        if concurrency < 1:
+            raise UserError("concurrency must be at least 1")
+        self.model = model
+        self.name = f"openai:{model}"
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.concurrency = concurrency
+        self._client = httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(max_connections=concurrency),
+        )
+
+    # -- the Backend protocol -------------------------------------------------------------
+
+    def chat(self, conversations: Sequence[Messages], decoding: Decoding = Decoding()) -> list[list[str]]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda conversation: self._replies(conversation, decoding), conversations))
+
+    def stream_chat(self, conversation: Messages, decoding: Decoding = Decoding()) -> Iterator[str]:
+        body = {**self._body(conversation, decoding, n=1), "stream": True}
+        with contextlib.closing(self._send(body, stream=True)) as response:
+            try:
+                # Server-sent events, parsed here (a dozen lines) rather than adding a dependency.
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if event.get("error"):
+                        raise UserError(f"{self.base_url}: the stream failed: {_error_text(event)}")
+                    for choice in event.get("choices", []):
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+            except (httpx.HTTPError, json.JSONDecodeError) as exc:
+                # Retrying here would repeat text already shown, so a broken stream is reported.
+                raise UserError(f"{self.base_url}: the reply stream broke off ({type(exc).__name__}: {exc})") from None
+
+    def score_options(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda conversation: self._score(conversation, options), conversations))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _body(self, conversation: Messages, decoding: Decoding, n: int, seed: int | None = None) -> dict:
+        body = {
+            "model": self.model,
+            "messages": list(conversation),
+            "max_tokens": decoding.max_new_tokens,
+            "temperature": decoding.temperature,
+            "top_p": decoding.top_p,
+            "seed": decoding.seed if seed is None else seed,
+        }
+        if n > 1:
+            body["n"] = n
+        return body
+
+    def _replies(self, conversation: Messages, decoding: Decoding) -> list[str]:
+        """`num_return_sequences` replies; servers that ignore `n` are asked again (new seeds)."""
+        wanted = decoding.num_return_sequences
+        replies: list[str] = []
+        while len(replies) < wanted:
+            body = self._body(conversation, decoding, n=wanted - len(replies), seed=decoding.seed + len(replies))
+            choices = self._send(body).json().get("choices") or []
+            if not choices:
+                raise UserError(f"{self.base_url}: the reply holds no choices")
+            replies.extend((c.get("message") or {}).get("content") or "" for c in choices)
+        return replies[:wanted]
+
+    def _score(self, conversation: Messages, options: Sequence[str]) -> list[float]:
+        body = {
+            **self._body(conversation, Decoding(max_new_tokens=1), n=1),
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+        }
+        payload = self._send(body).json()
+        try:
+            top = payload["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError):
+            raise UserError(
+                f"{self.base_url}: the endpoint returned no log-probabilities, so it cannot score options "
+                "(classification); use a server with `logprobs` support (vLLM, OpenAI, llama.cpp server) "
+                "or the transformers backend"
+            ) from None
+        scores = []
+        for option in options:
+            # Every returned first token that starts this option (" Econ", "E", "Econom") is a way
+            # to begin it; their probabilities add up.
+            matching = [t["logprob"] for t in top if t["token"].strip() and option.startswith(t["token"].lstrip())]
+            # An option outside the top tokens gets the smallest returned log-probability: an upper bound.
+            scores.append(_logsumexp(matching) if matching else min(t["logprob"] for t in top))
+        return scores
+
+    def _send(self, body: dict, stream: bool = False):
+        """POST /chat/completions with retries; a streamed response must be closed by the caller."""
+        attempt = 0
+        while True:
+            wait = None
+            try:
+                request = self._client.build_request("POST", "/chat/completions", json=body)
+                response = self._client.send(request, stream=stream)
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                if attempt >= self.max_retries:
+                    raise UserError(
+                        f"cannot reach the OpenAI-compatible endpoint at {self.base_url} "
+                        f"after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"
+                    ) from None
+            else:
+                if response.status_code < 400:
+                    return response
+                if stream:
+                    response.read()
+                response.close()
+                if response.status_code not in RETRY_STATUS or attempt >= self.max_retries:
+                    raise UserError(self._http_error(response, attempt))
+                wait = _retry_after(response)
+            delay = min(self.max_backoff, wait if wait is not None else self.backoff * 2**attempt)
+            time.sleep(delay)
+            attempt += 1
+
+    def _http_error(self, response: httpx.Response, attempt: int) -> str:
+        status = response.status_code
+        try:
+            detail = _error_text(response.json())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            detail = response.text[:200]
+        hint = {
+            401: " (check OPENAI_API_KEY)",
+            403: " (the key may not have access to this model)",
+            404: f" (is {self.base_url} an OpenAI-compatible /v1 base URL, and is model {self.model!r} served?)",
+        }.get(status, "")
+        tries = f" after {attempt + 1} attempts" if attempt else ""
+        return f"{self.base_url}/chat/completions: HTTP {status}{tries}: {detail}{hint}"
+
+
+def _error_text(payload: object) -> str:
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            return str(error.get("message") or error)[:300]
+        if error:
+            return str(error)[:300]
+    return str(payload)[:300]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _logsumexp(values: list[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
