@@ -1,0 +1,84 @@
+"""`econlm export gguf`, `econlm serve` and `econlm bench infer`: running a model fast, anywhere."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from econlm.cli._base import bench, corpus_option, main, resolve_corpus
+
+QUANT_CHOICES = ("f16", "q8_0", "q4_k_m")  # econlm.export.QUANT_TYPES, kept here so --help stays instant
+
+
+@main.group()
+def export() -> None:
+    """Export a model for other runtimes (llama.cpp, Ollama, LM Studio)."""
+
+
+@export.command("gguf")
+@click.argument("model")
+@click.option("--quant", type=click.Choice(QUANT_CHOICES), default="f16", show_default=True,
+              help="f16: exact weights; q8_0: ~half the size, near-identical output; q4_k_m: ~quarter, small quality loss.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .gguf file.")
+def gguf(model: str, quant: str, out: Path) -> None:
+    """Write MODEL as one GGUF file with its tokenizer and chat template.
+
+    MODEL: a merged model folder, a LoRA adapter or run directory (merged on the fly), a packaged
+    model name, or a hub id (LLaMA architecture). Reads the model; writes OUT (atomically).
+    Run it with `econlm serve --model llamacpp:OUT`, llama.cpp or Ollama (docs/serving.md).
+    """
+    from econlm.export import export_gguf
+
+    info = export_gguf(model, out, quant)
+    click.echo(f"{info['out']}: {quant}, {info['bytes'] / 2**20:.1f} MiB ({info['seconds']}s)")
+
+
+@main.command()
+@click.option("--model", "spec", required=True,
+              help="Backend spec: llamacpp:FILE.gguf (fast CPU), transformers:MODEL or a bare MODEL, openai:NAME.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 for all).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--name", default="econlm", show_default=True, help="Model id clients send (and /v1/models lists).")
+@click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
+@click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="Largest request body accepted.")
+@click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(1), help="Requests queued behind the running one; more get 503.")
+def serve(spec: str, host: str, port: int, name: str, max_tokens: int, max_body_bytes: int, max_waiting: int) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (chat/completions with streaming).
+
+    Reads the model the spec names; writes nothing. Clients: the econlm app and `openai:` backend
+    (OPENAI_BASE_URL=http://HOST:PORT/v1), the openai package, curl. For GPUs and many users,
+    serve with vLLM instead (docs/serving.md).
+    """
+    from econlm.serve import ServerLimits, serve as run_server
+
+    limits = ServerLimits(max_tokens=max_tokens, default_max_tokens=min(256, max_tokens), max_body_bytes=max_body_bytes, max_waiting=max_waiting)
+    run_server(spec, host=host, port=port, model_name=name, limits=limits)
+
+
+@bench.command("infer")
+@corpus_option
+@click.option("--model", default=None, help="Model to compare [default: the shipped econlm adapter, else smollm2-135m-instruct].")
+@click.option("--n", "n_prompts", default=50, show_default=True, type=click.IntRange(1), help="Test abstracts to title.")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(2))
+@click.option("--engines", default=None, help="Comma-separated subset of: hf-fp32, hf-bf16, llamacpp-f16, llamacpp-q8_0, llamacpp-q4_k_m.")
+@click.option("--load-test/--no-load-test", default=True, show_default=True, help="Also load-test `econlm serve` (q8_0) on 127.0.0.1.")
+@click.option("--out", default=Path("bench/results"), show_default=True, type=click.Path(path_type=Path), help="Result .json file or directory.")
+def infer(corpus: Path | None, model: str | None, n_prompts: int, max_new_tokens: int, engines: str | None, load_test: bool, out: Path) -> None:
+    """Inference speed: transformers fp32/bf16 vs llama.cpp f16/q8_0/q4_k_m on the same prompts.
+
+    Reads the first N test abstracts of the corpus and the model (exported to GGUF once, cached
+    under $ECONLM_HOME/gguf/); writes a JSON result (tokens/s, time to first token, peak RSS,
+    memory-bandwidth ceiling, serving p50/p95) and prints a table.
+    """
+    from econlm.bench.common import write_result
+    from econlm.bench.infer import ENGINES, default_model, format_table, run_infer_bench
+
+    chosen = tuple(e.strip() for e in engines.split(",")) if engines else ENGINES
+    result = run_infer_bench(
+        model or default_model(), resolve_corpus(corpus), n_prompts=n_prompts, max_new_tokens=max_new_tokens,
+        engines=chosen, load_test=load_test,
+    )
+    path = write_result(out, "infer", result)
+    click.echo(format_table(result))
+    click.echo(f"wrote {path}")

@@ -1,0 +1,454 @@
+"""An OpenAI-compatible HTTP API over one econlm backend, so the app, notebooks and other tools
+(the `openai` client, LangChain, curl) talk to one server.
+
+    POST /v1/chat/completions   (stream=true: server-sent events, `data: {...}` ... `data: [DONE]`)
+    POST /v1/completions        plain-text prompts (base models)
+    GET  /v1/models             the one model this server holds
+    GET  /health
+
+Built on Starlette + uvicorn: a small, well-kept ASGI stack that econlm already depends on
+through Streamlit (extra `[app]`); FastAPI would add only schema generation. Requests are
+validated with pydantic. One model serves one request at a time (neither llama.cpp's `Llama` nor
+a transformers model is safe to share between threads); further requests wait in a bounded queue
+and get 503 when it is full. Every bad request gets a 4xx with an OpenAI-style JSON error and the
+server keeps serving.
+
+For a GPU cluster, serve the base model with the LoRA adapter in vLLM instead (docs/serving.md):
+the same clients work against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import statistics
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from econlm.backends import Backend, Decoding
+from econlm.errors import UserError
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one request may ask for; anything beyond is a 4xx, never a crash."""
+
+    max_tokens: int = 512  # largest max_tokens a request may set
+    default_max_tokens: int = 256  # when a chat request sets none
+    max_body_bytes: int = 1_000_000
+    max_waiting: int = 64  # requests queued behind the one being generated; more get 503
+    max_n: int = 4  # choices per request
+
+
+# ---------------------------------------------------------------------------- request bodies
+
+
+class _Request(BaseModel):
+    # OpenAI clients send fields econlm has no use for (user, logprobs=false, ...): ignore them.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name for max_tokens
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    stream: bool = False
+    seed: int | None = None
+
+
+class _ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, v: str | list[dict[str, Any]]) -> str:
+        """OpenAI's content-part lists are accepted when every part is text."""
+        if isinstance(v, str):
+            return v
+        if any(part.get("type") != "text" or not isinstance(part.get("text"), str) for part in v):
+            raise ValueError("only text content parts are supported")
+        return "".join(part["text"] for part in v)
+
+
+class ChatRequest(_Request):
+    messages: list[_ChatMessage] = Field(min_length=1)
+    stop: str | list[str] | None = None
+
+
+class CompletionRequest(_Request):
+    prompt: str | list[str]
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for completions
+
+
+class RequestError(Exception):
+    """A request the server refuses: HTTP status + OpenAI error body."""
+
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# ---------------------------------------------------------------------------- the app
+
+
+class ModelServer:
+    """One backend behind the OpenAI routes, with a model lock and a bounded wait queue."""
+
+    def __init__(self, backend: Backend, model_name: str, limits: ServerLimits = ServerLimits()):
+        self.backend = backend
+        self.model_name = model_name
+        self.limits = limits
+        self.created = int(time.time())
+        self._count_tokens = _token_counter(backend)
+        self._model_lock: asyncio.Lock | None = None  # created inside the server's event loop
+        self._waiting = 0
+
+    # -- request parsing
+
+    async def _read_json(self, request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise RequestError(413, f"request body over {self.limits.max_body_bytes} bytes")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > self.limits.max_body_bytes:
+                raise RequestError(413, f"request body over {self.limits.max_body_bytes} bytes")
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(400, f"request body is not valid JSON ({exc})") from None
+
+    async def _parse(self, request, model_cls: type[_Request]) -> _Request:
+        payload = await self._read_json(request)
+        if not isinstance(payload, dict):
+            raise RequestError(400, "request body must be a JSON object")
+        try:
+            parsed = model_cls.model_validate(payload)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(str(p) for p in err["loc"])
+            raise RequestError(400, f"{param}: {err['msg']}", param=param) from None
+        if parsed.model != self.model_name:
+            raise RequestError(404, f"the model '{parsed.model}' does not exist (this server has '{self.model_name}')", code="model_not_found", param="model")
+        if parsed.n > self.limits.max_n:
+            raise RequestError(400, f"n must be at most {self.limits.max_n}", param="n")
+        return parsed
+
+    def _decoding(self, req: _Request, default_max: int) -> Decoding:
+        max_tokens = req.max_completion_tokens or req.max_tokens or default_max
+        if max_tokens > self.limits.max_tokens:
+            raise RequestError(400, f"max_tokens {max_tokens} is over this server's limit of {self.limits.max_tokens}", code="max_tokens_exceeded", param="max_tokens")
+        return Decoding(
+            max_new_tokens=max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            num_return_sequences=req.n,
+            seed=req.seed if req.seed is not None else 0,
+        )
+
+    # -- the model lock and wait queue
+
+    def _check_capacity(self) -> None:
+        if self._waiting >= self.limits.max_waiting:
+            raise RequestError(503, "server busy: too many requests waiting, retry later", code="server_busy")
+
+    @contextlib.asynccontextmanager
+    async def _model_turn(self) -> AsyncIterator[None]:
+        if self._model_lock is None:
+            self._model_lock = asyncio.Lock()
+        self._check_capacity()
+        self._waiting += 1
+        try:
+            await self._model_lock.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._model_lock.release()
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking backend call in a worker thread during this request's model turn; a
+        UserError from the backend (e.g. prompt longer than the context) is the caller's 400."""
+        from starlette.concurrency import run_in_threadpool
+
+        async with self._model_turn():
+            try:
+                return await run_in_threadpool(fn, *args)
+            except UserError as exc:
+                raise RequestError(400, str(exc), code="invalid_request") from None
+
+    # -- responses
+
+    def _usage(self, prompt: str, texts: list[str]) -> dict[str, int] | None:
+        if self._count_tokens is None:
+            return None
+        prompt_tokens = self._count_tokens(prompt)
+        completion_tokens = sum(self._count_tokens(t) for t in texts)
+        return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+    def _finish_reason(self, text: str, max_tokens: int) -> str:
+        """"length" when the reply used its whole token budget (re-counted from the text)."""
+        if self._count_tokens is not None and self._count_tokens(text) >= max_tokens:
+            return "length"
+        return "stop"
+
+    async def chat_completions(self, request):
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        req = await self._parse(request, ChatRequest)
+        decoding = self._decoding(req, self.limits.default_max_tokens)
+        if req.stop:
+            raise RequestError(400, "stop sequences are not supported for chat completions", param="stop")
+        conversation = [{"role": m.role, "content": m.content} for m in req.messages]
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if req.stream:
+            if req.n != 1:
+                raise RequestError(400, "stream=true supports n=1 only", param="n")
+            self._check_capacity()  # a full queue is a 503 before the stream starts
+            return StreamingResponse(self._chat_events(completion_id, conversation, decoding), media_type="text/event-stream")
+        replies = (await self._run(self.backend.chat, [conversation], decoding))[0]
+        prompt = self.backend.chat_prompt(conversation) if hasattr(self.backend, "chat_prompt") else ""
+        body = {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": self._finish_reason(text, decoding.max_new_tokens)}
+                for i, text in enumerate(replies)
+            ],
+        }
+        if (usage := self._usage(prompt, replies)) is not None:
+            body["usage"] = usage
+        return JSONResponse(body)
+
+    async def _chat_events(self, completion_id: str, conversation: list[dict[str, str]], decoding: Decoding) -> AsyncIterator[str]:
+        """Server-sent events in OpenAI's chunk format; the model turn lasts the whole stream."""
+        import anyio
+        from starlette.concurrency import run_in_threadpool
+
+        def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+            payload = {
+                "id": completion_id,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            }
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        try:
+            async with self._model_turn():
+                pieces = self.backend.stream_chat(conversation, decoding)
+                text = ""
+                try:
+                    yield chunk({"role": "assistant", "content": ""})
+                    while (piece := await run_in_threadpool(next, pieces, None)) is not None:
+                        text += piece
+                        yield chunk({"content": piece})
+                finally:
+                    # Closing the generator releases the backend (also when the client went away).
+                    with anyio.CancelScope(shield=True):
+                        await run_in_threadpool(pieces.close)
+                yield chunk({}, self._finish_reason(text, decoding.max_new_tokens))
+        except (RequestError, UserError) as exc:
+            # Headers are already sent: report the error as an event, as OpenAI does.
+            message, code = (exc.message, exc.code) if isinstance(exc, RequestError) else (str(exc), "invalid_request")
+            yield f"data: {json.dumps(error_body(message, 'invalid_request_error', code))}\n\n"
+        yield "data: [DONE]\n\n"
+
+    async def completions(self, request):
+        from starlette.responses import JSONResponse
+
+        req = await self._parse(request, CompletionRequest)
+        if req.stream:
+            raise RequestError(400, "stream=true is supported for chat completions only", param="stream")
+        if not hasattr(self.backend, "complete"):
+            raise RequestError(400, f"{self.backend.name} does not support plain-text completions")
+        decoding = self._decoding(req, 16)
+        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
+        replies = await self._run(self.backend.complete, prompts, decoding, stop)
+        choices = []
+        for p_index, texts in enumerate(replies):
+            for text in texts:
+                choices.append({"index": len(choices), "text": text, "logprobs": None, "finish_reason": self._finish_reason(text, decoding.max_new_tokens)})
+        body = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": self.model_name,
+            "choices": choices,
+        }
+        if (usage := self._usage("".join(prompts), [c["text"] for c in choices])) is not None:
+            body["usage"] = usage
+        return JSONResponse(body)
+
+    async def models(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(
+            {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "econlm"}]}
+        )
+
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+
+        return JSONResponse({"status": "ok", "model": self.model_name, "backend": self.backend.name, "waiting": self._waiting})
+
+
+def _token_counter(backend: Backend) -> Callable[[str], int] | None:
+    """Token counts for `usage` from the backend's own tokenizer, where it has one."""
+    if hasattr(backend, "tokenize"):
+        return lambda text: len(backend.tokenize(text))
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is not None:
+        return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return None
+
+
+def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimits = ServerLimits()):
+    """The Starlette app: OpenAI routes, every error as JSON."""
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    server = ModelServer(backend, model_name, limits)
+
+    async def request_error(request, exc: RequestError):
+        kind = "invalid_request_error" if exc.status < 500 else "server_error"
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(error_body(exc.message, kind, exc.code, exc.param), status_code=exc.status, headers=headers)
+
+    async def http_error(request, exc: HTTPException):
+        return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
+
+    async def server_error(request, exc: Exception):
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), status_code=500)
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+            Route("/v1/completions", server.completions, methods=["POST"]),
+            Route("/v1/models", server.models, methods=["GET"]),
+            Route("/health", server.health, methods=["GET"]),
+        ],
+        exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: server_error},
+    )
+    app.state.server = server
+    return app
+
+
+# ---------------------------------------------------------------------------- running
+
+
+def serve(backend_spec: str, host: str = "127.0.0.1", port: int = 8000, model_name: str = "econlm", limits: ServerLimits = ServerLimits()) -> None:
+    """Load the backend a spec names and serve it until interrupted."""
+    import uvicorn
+
+    from econlm.backends import get_backend
+
+    app = create_app(get_backend(backend_spec), model_name, limits)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextlib.contextmanager
+def serving(app, host: str = "127.0.0.1") -> Iterator[str]:
+    """Run `app` with uvicorn in a background thread on a free port; yields its base URL
+    (for tests and the load test in `econlm bench infer`)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def load_test(
+    base_url: str,
+    model: str,
+    prompts: list[str],
+    n_requests: int = 200,
+    concurrency: int = 8,
+    max_tokens: int = 8,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Send `n_requests` chat completions (`concurrency` at a time, prompts in turn) and count
+    what came back; latencies are per request, from send to full response. Bounded in count and
+    in time (each request times out after `timeout_s`)."""
+    import httpx
+
+    async def run() -> tuple[list[float], dict[str, int], float]:
+        latencies: list[float] = []
+        failures: dict[str, int] = {}
+        gate = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as client:
+
+            async def one(i: int) -> None:
+                body = {"model": model, "messages": [{"role": "user", "content": prompts[i % len(prompts)]}], "max_tokens": max_tokens, "temperature": 0}
+                async with gate:
+                    started = time.perf_counter()
+                    try:
+                        response = await client.post("/v1/chat/completions", json=body)
+                        ok = response.status_code == 200 and response.json()["choices"][0]["message"]["content"] is not None
+                        reason = f"HTTP {response.status_code}"
+                    except (httpx.HTTPError, ValueError, KeyError) as exc:
+                        ok, reason = False, type(exc).__name__
+                    if ok:
+                        latencies.append(time.perf_counter() - started)
+                    else:
+                        failures[reason] = failures.get(reason, 0) + 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(n_requests)))
+            return latencies, failures, time.perf_counter() - started
+
+    latencies, failures, wall = asyncio.run(run())
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [float("nan")] * 99
+    return {
+        "requests": n_requests,
+        "concurrency": concurrency,
+        "max_tokens": max_tokens,
+        "ok": len(latencies),
+        "lost": n_requests - len(latencies),
+        "failures": failures,
+        "p50_s": round(quantiles[49], 4),
+        "p95_s": round(quantiles[94], 4),
+        "max_s": round(max(latencies), 4) if latencies else None,
+        "wall_s": round(wall, 2),
+        "requests_per_s": round(len(latencies) / wall, 2),
+    }

@@ -1,0 +1,50 @@
+"""A tiny random LLaMA and its GGUF exports, shared by the export, llama.cpp-backend and server
+tests (built once per test session).
+
+Unlike conftest's `tiny_llama`, its weights are large (std 0.3) and already rounded to float16:
+random weights at the usual std 0.02 give near-uniform logits whose argmax flips on any rounding,
+and a rounded model leaves llama.cpp's f16 arithmetic as the only difference from transformers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_built: dict[str, Path] = {}
+
+
+def tiny_model_dir(root: Path) -> Path:
+    if "hf" not in _built:
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        from econlm.models import load_tokenizer
+
+        tokenizer = load_tokenizer("smollm2-135m-instruct")
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.3,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        )
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.copy_(param.half().float())
+        folder = root / "tiny-llama-hf"
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        _built["hf"] = folder
+    return _built["hf"]
+
+
+def tiny_gguf(root: Path, quant: str) -> Path:
+    """The tiny model exported with `econlm.export.export_gguf` at `quant`."""
+    if quant not in _built:
+        from econlm.export import export_gguf
+
+        path = root / f"tiny.{quant}.gguf"
+        export_gguf(tiny_model_dir(root), path, quant, progress=False)
+        _built[quant] = path
+    return _built[quant]

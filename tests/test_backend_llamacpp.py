@@ -1,0 +1,84 @@
+"""LlamaCppBackend on the tiny exported model: the same prompts, greedy replies and option scores
+as TransformersBackend on the model it was exported from; streaming, sampling and limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from econlm.backends import Backend, Decoding, get_backend
+from econlm.backends.hf import TransformersBackend
+from econlm.backends.llamacpp import LlamaCppBackend
+from econlm.errors import UserError
+from gguf_models import tiny_gguf, tiny_model_dir
+
+OPTIONS = ["Econometrics", "General Economics", "Theoretical Economics"]
+CONVERSATIONS = [
+    [{"role": "system", "content": "Classify the abstract."}, {"role": "user", "content": "We estimate a structural model of demand."}],
+    [{"role": "user", "content": "Inflation expectations and monetary policy, 1990-2020."}],
+]
+GREEDY = Decoding(max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return tmp_path_factory.mktemp("gguf")
+
+
+@pytest.fixture(scope="module")
+def llama(root) -> LlamaCppBackend:
+    return get_backend(f"llamacpp:{tiny_gguf(root, 'f16')}")
+
+
+@pytest.fixture(scope="module")
+def hf(root) -> TransformersBackend:
+    return TransformersBackend(str(tiny_model_dir(root)))
+
+
+def test_follows_the_backend_protocol(llama):
+    assert isinstance(llama, LlamaCppBackend) and isinstance(llama, Backend)
+    assert llama.has_chat_template
+    assert llama.describe()["kind"] == "gguf"
+
+
+def test_prompts_and_greedy_replies_match_transformers(llama, hf):
+    for conversation in CONVERSATIONS:
+        assert llama.chat_prompt(conversation) == hf.chat_prompt(conversation)
+    replies = llama.chat(CONVERSATIONS, GREEDY)
+    assert replies == hf.chat(CONVERSATIONS, GREEDY)
+    assert all(len(r) == 1 and r[0].strip() for r in replies)
+
+
+def test_stream_pieces_join_to_the_reply(llama):
+    pieces = list(llama.stream_chat(CONVERSATIONS[0], GREEDY))
+    assert len(pieces) > 1
+    assert "".join(pieces) == llama.chat([CONVERSATIONS[0]], GREEDY)[0][0]
+
+
+def test_option_scores_match_transformers(llama, hf):
+    got, expected = llama.score_options(CONVERSATIONS, OPTIONS), hf.score_options(CONVERSATIONS, OPTIONS)
+    for row_got, row_expected in zip(got, expected):
+        assert row_got == pytest.approx(row_expected, abs=0.05)
+        assert sorted(range(3), key=row_got.__getitem__) == sorted(range(3), key=row_expected.__getitem__)
+    prefixes = ["Category of the paper:", "The answer is"]
+    assert llama.score_text_options(prefixes, [f" {o}" for o in OPTIONS]) == [
+        pytest.approx(row, abs=0.05) for row in hf.score_text_options(prefixes, [f" {o}" for o in OPTIONS])
+    ]
+
+
+def test_sampling_is_seeded_and_returns_n_replies(llama):
+    sampled = Decoding(max_new_tokens=8, temperature=1.0, num_return_sequences=3, seed=7)
+    first = llama.chat([CONVERSATIONS[0]], sampled)
+    assert len(first[0]) == 3 and len(set(first[0])) > 1
+    assert llama.chat([CONVERSATIONS[0]], sampled) == first
+
+
+def test_limits_and_bad_files_are_user_errors(root, tmp_path):
+    small = LlamaCppBackend(tiny_gguf(root, "f16"), n_ctx=64)
+    with pytest.raises(UserError, match="exceeds the context of 64 tokens"):
+        small.chat([[{"role": "user", "content": "many words " * 40}]], GREEDY)
+    with pytest.raises(UserError, match="needs a .gguf file"):
+        LlamaCppBackend(tmp_path / "missing.gguf")
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(UserError, match="llama.cpp cannot load it"):
+        LlamaCppBackend(broken)

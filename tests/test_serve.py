@@ -1,0 +1,165 @@
+"""`econlm serve` on 127.0.0.1 over the tiny exported model: OpenAI-format chat completions (plain
+and streamed), completions and model list; every bad request gets a 4xx JSON error and the server
+keeps serving; a full wait queue is a 503, never a lost request; a bounded load test loses none."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+
+from econlm.backends import Decoding
+from econlm.backends.llamacpp import LlamaCppBackend
+from econlm.backends.openai import OpenAIBackend
+from econlm.serve import ServerLimits, create_app, load_test, serving
+from gguf_models import tiny_gguf
+
+LIMITS = ServerLimits(max_tokens=64, default_max_tokens=16, max_body_bytes=20_000, max_waiting=8)
+HELLO = [{"role": "user", "content": "What is the marginal propensity to consume?"}]
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory) -> LlamaCppBackend:
+    return LlamaCppBackend(tiny_gguf(tmp_path_factory.mktemp("gguf"), "f16"))
+
+
+@pytest.fixture(scope="module")
+def base_url(backend):
+    with serving(create_app(backend, "econlm", LIMITS)) as url:
+        yield url
+
+
+def chat(base_url: str, **body) -> httpx.Response:
+    return httpx.post(f"{base_url}/v1/chat/completions", json={"model": "econlm", "messages": HELLO, **body}, timeout=60)
+
+
+def assert_still_serving(base_url: str) -> None:
+    response = chat(base_url, max_tokens=4, temperature=0)
+    assert response.status_code == 200, response.text
+
+
+def test_chat_completion_in_openai_format(base_url, backend):
+    response = chat(base_url, max_tokens=10, temperature=0)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["model"] == "econlm"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["message"]["content"] == backend.chat([HELLO], Decoding(max_new_tokens=10))[0][0]
+    assert choice["finish_reason"] in ("stop", "length")
+    assert body["usage"]["prompt_tokens"] > 5 and body["usage"]["total_tokens"] > body["usage"]["prompt_tokens"]
+
+
+def test_streaming_sends_deltas_then_done(base_url):
+    body = {"model": "econlm", "messages": HELLO, "max_tokens": 10, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in response.iter_lines() if line]
+    assert all(line.startswith("data: ") for line in lines)
+    assert lines[-1] == "data: [DONE]"
+    events = [json.loads(line[6:]) for line in lines[:-1]]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    assert streamed == chat(base_url, max_tokens=10, temperature=0).json()["choices"][0]["message"]["content"]
+
+
+def test_models_and_completions(base_url):
+    models = httpx.get(f"{base_url}/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["econlm"]
+    response = httpx.post(f"{base_url}/v1/completions", json={"model": "econlm", "prompt": ["Economics is", "GDP"], "max_tokens": 5, "temperature": 0}, timeout=60)
+    assert response.status_code == 200
+    assert [c["index"] for c in response.json()["choices"]] == [0, 1]
+
+
+def test_econlm_openai_backend_talks_to_it(base_url):
+    client = OpenAIBackend("econlm", base_url=f"{base_url}/v1", max_retries=0)
+    greedy = Decoding(max_new_tokens=8)
+    reply = client.chat([HELLO], greedy)[0][0]
+    assert reply and "".join(client.stream_chat(HELLO, greedy)) == reply
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[1, 2]", 400, "must be a JSON object"),
+        (json.dumps({"model": "econlm"}).encode(), 400, "messages"),
+        (json.dumps({"model": "econlm", "messages": [{"role": "wizard", "content": "hi"}]}).encode(), 400, "role"),
+        (json.dumps({"model": "gpt-4", "messages": HELLO}).encode(), 404, "does not exist"),
+        (json.dumps({"model": "econlm", "messages": HELLO, "max_tokens": 10_000}).encode(), 400, "over this server's limit"),
+        (json.dumps({"model": "econlm", "messages": HELLO, "temperature": -1}).encode(), 400, "temperature"),
+        (json.dumps({"model": "econlm", "messages": [{"role": "user", "content": "x" * 30_000}]}).encode(), 413, "request body over"),
+        (json.dumps({"model": "econlm", "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8}).encode(), 400, "exceeds the context"),
+    ],
+)
+def test_bad_requests_get_json_4xx_and_the_server_keeps_serving(base_url, content, status, fragment):
+    response = httpx.post(f"{base_url}/v1/chat/completions", content=content, headers={"content-type": "application/json"}, timeout=60)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert fragment in error["message"] and error["type"] == "invalid_request_error"
+    assert_still_serving(base_url)
+
+
+def test_unknown_route_and_method_are_json_errors(base_url):
+    assert httpx.get(f"{base_url}/v1/nothing").json()["error"]["message"]
+    response = httpx.get(f"{base_url}/v1/chat/completions")
+    assert response.status_code == 405 and response.json()["error"]
+    assert_still_serving(base_url)
+
+
+class BlockingBackend:
+    """Holds every chat until released: makes the wait queue fill up deterministically."""
+
+    name = "blocking"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Semaphore(0)
+
+    def chat(self, conversations, decoding=Decoding()):
+        self.started.release()
+        self.release.wait(timeout=60)
+        return [["ok"] for _ in conversations]
+
+    def stream_chat(self, conversation, decoding=Decoding()):
+        yield from self.chat([conversation], decoding)[0]
+
+    def score_options(self, conversations, options):
+        return [[0.0] * len(options) for _ in conversations]
+
+
+def test_full_queue_is_503_and_queued_requests_complete():
+    backend = BlockingBackend()
+    with serving(create_app(backend, "econlm", ServerLimits(max_waiting=2))) as url:
+        results: dict[int, int] = {}
+
+        def send(i: int) -> None:
+            results[i] = chat(url, max_tokens=4).status_code
+
+        running = threading.Thread(target=send, args=(0,))
+        running.start()
+        assert backend.started.acquire(timeout=30)  # request 0 holds the model
+        queued = [threading.Thread(target=send, args=(i,)) for i in (1, 2)]
+        for thread in queued:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/health").json()["waiting"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        rejected = chat(url, max_tokens=4)
+        assert rejected.status_code == 503 and rejected.json()["error"]["code"] == "server_busy"
+        backend.release.set()
+        for thread in [running, *queued]:
+            thread.join(timeout=60)
+    assert results == {0: 200, 1: 200, 2: 200}
+
+
+def test_bounded_load_test_loses_no_request(base_url, capsys):
+    report = load_test(base_url, "econlm", ["What is inflation?", "Define GDP.", "What is a tariff?"], n_requests=200, concurrency=8, max_tokens=4)
+    assert report["lost"] == 0 and report["ok"] == 200, report["failures"]
+    with capsys.disabled():
+        print(f"\nserve load test (tiny model): {report['ok']}/200 ok, p50 {report['p50_s']}s, p95 {report['p95_s']}s")
