@@ -24,7 +24,7 @@ import numpy as np
 
 from econlm.backends import Decoding, Messages
 from econlm.rag.answer import DOCS_CLOSE, DOCS_OPEN
-from econlm.rag.retriever import _stop_words, tokenize
+from econlm.rag.retriever import stop_words, tokenize
 
 OBEY_RE = re.compile(r"reply only with ([^\n.]+)", re.IGNORECASE)
 
@@ -67,11 +67,11 @@ class FakeBackend:
             yield piece
 
     def score_options(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
-        """Log-softmax of how often each option's first six letters occur in the user turn."""
+        """Log-softmax of how often each option's first six letters occur in the abstract."""
         results = []
         for conversation in conversations:
             self.conversations.append(conversation)
-            text = conversation[-1]["content"].lower()
+            text = conversation[-1]["content"].split("Abstract:", 1)[-1].lower()
             counts = [text.count(option.lower()[:6]) for option in options]
             log_total = math.log(sum(math.exp(c) for c in counts))
             results.append([c - log_total for c in counts])
@@ -79,13 +79,13 @@ class FakeBackend:
 
 
 class HashEmbedder:
-    """Bag-of-words vectors hashed into 384 dimensions and normalised (no model, no randomness)."""
+    """Bag-of-words vectors hashed into 2048 dimensions (few collisions) and normalised; no model."""
 
-    name = "fake:hash-bow-384"
-    dim = 384
+    name = "fake:hash-bow-2048"
+    dim = 2048
 
     def __init__(self) -> None:
-        self._stop = _stop_words()
+        self._stop = stop_words()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)

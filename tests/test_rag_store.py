@@ -127,7 +127,7 @@ def test_foreign_pickled_index_is_never_unpickled(tmp_path):
 
 def test_queries_must_use_the_embedder_that_built_the_index(tmp_path, embedder):
     store.add_documents(tmp_path / "idx", docs("Text."), embedder)
-    with pytest.raises(UserError, match="built with embeddings 'fake:hash-bow-384'"):
+    with pytest.raises(UserError, match="built with embeddings 'fake:hash-bow-2048'"):
         store.load_index(tmp_path / "idx", "all-MiniLM-L6-v2@other")
 
 

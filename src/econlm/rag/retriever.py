@@ -12,6 +12,7 @@ the model invent an answer.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -24,15 +25,16 @@ RRF_K = 60  # the constant from the RRF paper; damps the weight of the very firs
 MIN_COSINE = 0.25  # all-MiniLM-L6-v2: unrelated sentences score about 0.0-0.15, related ones 0.3+
 
 
-def _stop_words() -> frozenset[str]:
+@functools.cache
+def stop_words() -> frozenset[str]:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     return frozenset(ENGLISH_STOP_WORDS)
 
 
-def tokenize(text: str, stop_words: frozenset[str]) -> list[str]:
-    """Lower-cased words without English stop words (BM25's terms; no stemming)."""
-    return [w for w in _WORD_RE.findall(text.lower()) if len(w) > 1 and w not in stop_words]
+def tokenize(text: str, stop: frozenset[str]) -> list[str]:
+    """Lower-cased words without the `stop` words (BM25's terms; no stemming)."""
+    return [w for w in _WORD_RE.findall(text.lower()) if len(w) > 1 and w not in stop]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class HybridRetriever:
         self.candidates = candidates
         self.rrf_k = rrf_k
         self.min_cosine = min_cosine
-        self._stop = _stop_words()
+        self._stop = stop_words()
         tokens = [tokenize(c.text, self._stop) for c in index.chunks]
         self._postings: dict[str, list[int]] = {}  # term -> ids of the chunks containing it
         for i, chunk_tokens in enumerate(tokens):

@@ -13,6 +13,9 @@ from econlm.types import Chunk, Document, Paper
 
 CHUNK_SIZE = 1000
 CHUNK_OVERLAP = 150
+# Corpus papers stay whole, one chunk each (arXiv caps abstracts at 1,920 characters), so a hit is
+# a paper; the embedder reads the title and the start of the abstract, BM25 reads all of it.
+PAPER_CHUNK_SIZE = 2400
 # What a corpus-paper chunk carries so a search hit can show it (the arXiv id is its citation).
 PAPER_FIELDS = ("arxiv_id", "title", "category", "url")
 
@@ -26,9 +29,11 @@ def split_documents(
     markdown = RecursiveCharacterTextSplitter.from_language(
         Language.MARKDOWN, chunk_size=chunk_size, chunk_overlap=chunk_overlap
     )
+    paper = RecursiveCharacterTextSplitter(chunk_size=PAPER_CHUNK_SIZE, chunk_overlap=chunk_overlap)
+    splitters = {"markdown": markdown, "paper": paper}
     chunks: list[Chunk] = []
     for doc in documents:
-        splitter = markdown if doc.metadata.get("kind") == "markdown" else plain
+        splitter = splitters.get(doc.metadata.get("kind"), plain)
         # Corpus papers are not paged: their citation is the arXiv id, not a page.
         paged = doc.metadata.get("kind") != "paper"
         chunk_metadata = {k: v for k, v in doc.metadata.items() if k in PAPER_FIELDS}

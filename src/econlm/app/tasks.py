@@ -1,0 +1,87 @@
+"""What the pages do, without Streamlit: model calls on the task templates, and adding uploads.
+
+The prompts are the training templates (`econlm.data.templates`), so the app asks a fine-tuned
+model exactly what it learned to answer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from econlm.backends import Backend, Decoding, Messages
+from econlm.data.templates import CLASSIFY, LABEL_TO_ANSWER, QA, TITLE
+from econlm.errors import UserError
+from econlm.rag import store
+from econlm.rag.loaders import ParseLimits, load_bytes
+from econlm.types import CATEGORIES, normalize_ws
+
+TITLE_DECODING = Decoding(max_new_tokens=48)
+# Alternatives are sampled: greedy decoding would return the same title three times.
+ALTERNATIVES_DECODING = Decoding(max_new_tokens=48, temperature=0.8, top_p=0.95, num_return_sequences=3, seed=1)
+QA_DECODING = Decoding(max_new_tokens=256)
+
+
+def _abstract(text: str) -> str:
+    abstract = normalize_ws(text)
+    if not abstract:
+        raise UserError("paste an abstract first")
+    return abstract
+
+
+def _clean_title(text: str) -> str:
+    first_line = text.strip().splitlines()[0] if text.strip() else ""
+    return first_line.strip().strip('"').removeprefix("Title:").strip()
+
+
+def suggest_titles(backend: Backend, abstract: str, alternatives: bool = False) -> tuple[str, list[str]]:
+    """The greedy title, and three sampled alternatives when asked."""
+    conversation = [m.model_dump() for m in TITLE.prompt(abstract=_abstract(abstract))]
+    title = _clean_title(backend.chat([conversation], TITLE_DECODING)[0][0])
+    others = [_clean_title(t) for t in backend.chat([conversation], ALTERNATIVES_DECODING)[0]] if alternatives else []
+    return title, others
+
+
+def classify(backend: Backend, abstract: str) -> dict[str, float]:
+    """Probability of each category (econ.EM, econ.GN, econ.TH): softmax over the answers' log-likelihoods."""
+    conversation = [m.model_dump() for m in CLASSIFY.prompt(abstract=_abstract(abstract))]
+    labels = list(CATEGORIES)
+    scores = backend.score_options([conversation], [LABEL_TO_ANSWER[label] for label in labels])[0]
+    top = max(scores)
+    weights = [math.exp(s - top) for s in scores]
+    return {label: w / sum(weights) for label, w in zip(labels, weights)}
+
+
+def qa_conversation(history: list[dict], question: str) -> Messages:
+    """The Q&A system prompt, the chat so far (role/content pairs), and the new question."""
+    if not question.strip():
+        raise UserError("type a question first")
+    turns = [{"role": m["role"], "content": m["content"]} for m in history]
+    return [{"role": "system", "content": QA.system}, *turns, {"role": "user", "content": question.strip()}]
+
+
+@dataclass
+class UploadReport:
+    """What happened to each uploaded file: indexed, already there, or refused (with why)."""
+
+    added: list[str] = field(default_factory=list)  # "name (N pages, M chunks)"
+    skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def add_uploads(index_name: str, files: list[tuple[str, bytes]], embedder, limits: ParseLimits) -> UploadReport:
+    """Parse each file on its own (one bad file costs only itself), then add the good ones at once."""
+    report = UploadReport()
+    path = store.index_dir(index_name)
+    documents = []
+    for name, data in files:
+        try:
+            documents.append(load_bytes(name, data, limits))
+        except UserError as exc:
+            report.errors.append(str(exc))
+    if documents:
+        result = store.add_documents(path, documents, embedder)
+        sources = {s["source"]: s for s in result.index.manifest["sources"]}
+        report.added = [f"{n} ({sources[n]['pages']} pages, {sources[n]['chunks']} chunks)" for n in result.added]
+        report.skipped = [f"{n} is already in '{index_name}' (same content)" for n in result.skipped]
+    return report

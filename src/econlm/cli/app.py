@@ -1,0 +1,161 @@
+"""`econlm app`, `econlm index ...` and `econlm bench rag`: the web app and its retrieval indexes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from econlm.cli._base import bench, corpus_option, main, resolve_corpus
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Port to listen on.")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address to bind (localhost only by default; 0.0.0.0 exposes the app to the network).")
+@click.option("--backend", default=None,
+              help="Model backend spec, e.g. transformers:econlm or openai:MODEL (with $OPENAI_BASE_URL) "
+                   "[default: $ECONLM_BACKEND, else the shipped adapter, else the base model].")
+@click.option("--max-upload-mb", type=click.IntRange(1, 2000), default=50, show_default=True,
+              help="Largest file the app accepts (Streamlit's server.maxUploadSize).")
+@click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Passages retrieved per answer [default: 5].")
+def app(port: int, address: str, backend: str | None, max_upload_mb: int, top_k: int | None) -> None:
+    """Start the Streamlit web app: Title, Classify, Ask, Papers, My documents.
+
+    Reads the papers index ($ECONLM_HOME/indexes/papers, from `econlm index build`) and the model;
+    writes uploaded documents' indexes under $ECONLM_HOME/indexes/. Stop it with Ctrl+C.
+    """
+    import os
+    import sys
+
+    from econlm.app import settings
+
+    env = dict(os.environ)
+    if backend:
+        env["ECONLM_BACKEND"] = backend
+    if top_k:
+        env["ECONLM_TOP_K"] = str(top_k)
+    script = Path(settings.__file__).with_name("main.py")
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.port", str(port),
+        "--server.address", address,
+        "--server.headless", "true",
+        "--server.maxUploadSize", str(max_upload_mb),
+        "--browser.gatherUsageStats", "false",
+    ]
+    click.echo(f"econlm app on http://{address}:{port} (Ctrl+C to stop)", err=True)
+    os.execvpe(sys.executable, command, env)  # streamlit takes over this process (signals, exit code)
+
+
+@main.group()
+def index() -> None:
+    """Retrieval indexes under $ECONLM_HOME/indexes: the corpus papers and uploaded documents."""
+
+
+@index.command()
+@corpus_option
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Index directory [default: $ECONLM_HOME/indexes/papers].")
+@click.option("--splits", default="train,validation,test", show_default=True, help="Corpus splits to index.")
+@click.option("--index-type", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
+              help="Exact search, or approximate HNSW (see `econlm bench rag`).")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Index only the first N papers (for a quick try).")
+def build(corpus: Path | None, out: Path | None, splits: str, index_type: str, limit: int | None) -> None:
+    """Index the corpus papers (title + abstract) for the app's Papers page.
+
+    Reads the corpus JSONL files; embeds with the packaged all-MiniLM-L6-v2 on CPU (about 45
+    abstracts/s); writes OUT (manifest.json, index.faiss, chunks.jsonl) atomically.
+    """
+    import time
+
+    from econlm.rag.embeddings import MiniLMEmbedder
+    from econlm.rag.store import PAPERS_INDEX, build_papers_index, index_dir
+
+    started = time.perf_counter()
+    target = out if out is not None else index_dir(PAPERS_INDEX)
+    built = build_papers_index(resolve_corpus(corpus), target, MiniLMEmbedder(),
+                               splits=[s.strip() for s in splits.split(",") if s.strip()],
+                               index_type=index_type, limit=limit)
+    click.echo(f"{built.path}: {len(built.manifest['sources'])} papers, {len(built.chunks)} chunks, "
+               f"{index_type} ({time.perf_counter() - started:.0f}s)")
+
+
+@index.command("list")
+def list_() -> None:
+    """List the indexes under $ECONLM_HOME/indexes (reads their manifests; writes nothing)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from econlm.rag.store import indexes_root, list_indexes
+
+    rows = list_indexes()
+    if not rows:
+        click.echo(f"no indexes under {indexes_root()}")
+        return
+    table = Table()
+    for col in ("name", "kind", "type", "documents", "chunks", "created", "status"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(row["name"], row.get("kind", ""), row.get("index_type", ""), str(row.get("documents", "")),
+                      str(row.get("chunks", "")), row.get("created", ""), row["status"])
+    Console(width=160).print(table)
+
+
+@index.command()
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def delete(name: str, yes: bool) -> None:
+    """Delete the index NAME (a directory under $ECONLM_HOME/indexes) from disk."""
+    from econlm.rag.store import delete_index, index_dir
+
+    path = index_dir(name)
+    if not yes:
+        click.confirm(f"Delete {path}?", abort=True)
+    delete_index(path)
+    click.echo(f"deleted {path}")
+
+
+@bench.command("rag")
+@corpus_option
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
+              help="A .json file, or a directory that gets rag-<timestamp>.json (and a .png beside it).")
+@click.option("--sizes", default="1000,10000,100000", show_default=True, help="Index sizes (chunks) to sweep.")
+@click.option("--queries", type=click.IntRange(10), default=200, show_default=True, help="Queries per size.")
+@click.option("--ingest-papers", type=click.IntRange(1), default=200, show_default=True,
+              help="Abstracts typeset into PDFs for the ingestion measurement.")
+@click.option("--papers-index", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also compare Flat vs HNSW on this index's real vectors [default: $ECONLM_HOME/indexes/papers if built].")
+def rag(corpus: Path | None, out: Path, sizes: str, queries: int, ingest_papers: int, papers_index: Path | None) -> None:
+    """Ingestion pages/s and chunks/s; p50/p95 query latency and recall@10 of Flat vs HNSW.
+
+    Reads the corpus (validation abstracts for ingestion and query text) and, if present, the
+    papers index; writes OUT as JSON plus a latency plot (PNG). The size sweep uses synthetic
+    vectors (see `econlm.bench.rag`). Run it on an otherwise idle machine.
+    """
+    import tempfile
+
+    from econlm.bench.common import write_result
+    from econlm.bench.rag import plot, run_rag_bench
+    from econlm.errors import UserError
+    from econlm.rag.store import PAPERS_INDEX, index_dir
+
+    try:
+        size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--sizes must be comma-separated whole numbers, got {sizes!r}") from None
+    papers = papers_index if papers_index is not None else index_dir(PAPERS_INDEX)
+    with tempfile.TemporaryDirectory(prefix="econlm-bench-rag-") as workdir:
+        result = run_rag_bench(resolve_corpus(corpus), workdir, size_list, queries, ingest_papers, papers)
+    path = write_result(out, "rag", result)
+    plot(result, path.with_suffix(".png"))
+    click.echo(f"{path} (+ {path.with_suffix('.png').name})")
+    ingest = result["ingestion"]
+    click.echo(f"ingestion: {ingest['pages_per_s']} pages/s, {ingest['chunks_per_s']} chunks/s "
+               f"(embedding {ingest['embed_chunks_per_s']} chunks/s); query embedding p95 "
+               f"{result['query_embedding']['p95_ms']} ms")
+    for row in result["sizes"]:
+        best = max(row["hnsw"]["efSearch"].items(), key=lambda kv: kv[1]["recall_at_10"])
+        click.echo(f"{row['n']:>7} chunks: flat p95 {row['flat']['p95_ms']} ms; hnsw ef={best[0]} p95 "
+                   f"{best[1]['p95_ms']} ms recall@10 {best[1]['recall_at_10']}; hybrid p95 {row['hybrid_flat']['p95_ms']} ms")
+    click.echo(f"target: {result['target']}")
