@@ -1,0 +1,84 @@
+"""`econlm qa ...`: synthesize economics Q&A pairs with a teacher LLM, describe them, evaluate on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from econlm.cli._base import corpus_option, main, resolve_corpus
+
+
+@main.group()
+def qa() -> None:
+    """Economics Q&A: synthesize pairs from abstracts with a teacher LLM, write a datasheet, evaluate."""
+
+
+@qa.command()
+@corpus_option
+@click.option("--split", required=True, help="Corpus split whose abstracts to use: train, validation or test.")
+@click.option("--teacher", required=True,
+              help="openai:<model> (OpenAI-compatible endpoint at $OPENAI_BASE_URL, key $OPENAI_API_KEY: OpenAI, "
+                   "vLLM, llama.cpp server, Ollama) or local:<model> (loaded in-process with transformers).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Q&A JSONL to append to (one QAPair per line); sidecars <stem>.progress.jsonl and <stem>.summary.json.")
+@click.option("--limit", type=int, default=None, help="Only the first N papers of a seeded shuffle of the split.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the paper order (the --limit subset) and of sampling.")
+@click.option("--concurrency", default=4, show_default=True,
+              help="Requests in flight (openai:) or prompts per batch (local:). Raise it for a vLLM deployment.")
+@click.option("--pairs", "n_pairs", default=3, show_default=True, help="Pairs asked per abstract (1-4).")
+@click.option("--dialogue", is_flag=True, help="Also ask for one follow-up exchange per pair (multi-turn examples).")
+@click.option("--max-new-tokens", default=256, show_default=True, help="Teacher reply length limit.")
+@click.option("--temperature", default=0.3, show_default=True, help="Teacher sampling temperature (0 = greedy).")
+@click.option("--top-p", default=0.9, show_default=True, help="Teacher nucleus sampling.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds per request (openai:).")
+@click.option("--retries", default=3, show_default=True, help="Retries per request on 429/5xx/timeouts (openai:).")
+@click.option("--min-answer-support", default=0.6, show_default=True,
+              help="Drop answers whose content words are found in the abstract less often than this.")
+@click.option("--min-question-support", default=0.5, show_default=True,
+              help="Drop questions whose content words are found in the abstract less often than this.")
+def synthesize(corpus, split, teacher, out, limit, seed, concurrency, n_pairs, dialogue, max_new_tokens, temperature,
+               top_p, timeout, retries, min_answer_support, min_question_support) -> None:
+    """Write 2-4 question-answer pairs per abstract with a teacher LLM, filtered and resumable.
+
+    Reads CORPUS/<split>.jsonl (train papers that leak into validation/test are skipped); appends
+    kept pairs to OUT, one line per finished paper to <stem>.progress.jsonl, and writes counts of
+    every filter to <stem>.summary.json. Rerunning the same command resumes where it stopped.
+    """
+    from econlm.backends import Decoding
+    from econlm.qa.synthesize import Filters, parse_teacher
+    from econlm.qa.synthesize import synthesize as run_synthesis
+
+    parse_teacher(teacher)  # a bad spec fails before the corpus is read
+    filters = Filters(min_answer_support=min_answer_support, min_question_support=min_question_support)
+    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    summary = run_synthesis(
+        resolve_corpus(corpus), split, teacher, out, limit=limit, seed=seed, concurrency=concurrency,
+        n_pairs=n_pairs, dialogue=dialogue, decoding=decoding, filters=filters, timeout=timeout, max_retries=retries,
+    )
+    run, totals = summary["last_run"], summary["totals"]
+    click.echo(f"this run: {run['finished']} papers finished, {run['failed']} failed (rerun to retry), "
+               f"{run['already_done']} already done")
+    click.echo("all runs: " + "  ".join(f"{k}={v}" for k, v in totals.items()))
+    for error in run["errors"][:3]:
+        click.echo(f"  error: {error}", err=True)
+    click.echo(f"wrote {out} and its summary {out.name.removesuffix('.jsonl')}.summary.json")
+
+
+@qa.command()
+@click.argument("qa_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Markdown included verbatim (e.g. why this teacher).")
+@click.option("--examples", default=10, show_default=True, help="Random pairs shown.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the example choice.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Datasheet Markdown file.")
+def datasheet(qa_file, notes, examples, seed, out) -> None:
+    """A Markdown datasheet for a synthesized Q&A file.
+
+    Reads QA_FILE and its <stem>.summary.json / <stem>.progress.jsonl; writes OUT with the teacher,
+    prompt, filter definitions and counts, pairs per split and random examples.
+    """
+    from econlm.qa.datasheet import write_datasheet
+
+    write_datasheet(qa_file, out, notes=notes, n_examples=examples, seed=seed)
+    click.echo(f"wrote {out}")

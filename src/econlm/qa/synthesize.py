@@ -1,0 +1,613 @@
+"""Synthesize economics question-answer pairs from paper abstracts with a teacher LLM.
+
+Per paper: a named, versioned prompt -> the teacher's reply -> "Q:/A:" lines parsed -> filters
+(every drop counted) -> the kept pairs appended to the output JSONL as `QAPair` records.
+
+Teachers (`--teacher`):
+    openai:<model>   any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server, Ollama);
+                     base URL and key from $OPENAI_BASE_URL / $OPENAI_API_KEY; `concurrency`
+                     requests in flight from a thread pool (the backend is thread-safe)
+    local:<model>    a model econlm loads in-process with transformers (`transformers:<model>`),
+                     prompted in batches of `concurrency`
+
+Filters, applied in this order; a pair is counted under the first one it fails (`Filters` holds
+the thresholds). "Support" is the share of a text's distinct content words (stop words removed,
+Porter-stemmed) that occur in the abstract: a lexical check that catches invented facts and
+copies of the prompt's worked examples.
+    too_short / too_long  question 4-40 words, answer 3-60 words
+    not_self_contained    the question points at a text the reader never sees ("this paper", "we")
+    off_topic             question support below 0.5
+    unsupported           answer support below 0.6
+    duplicate             normalised question already kept, for this paper or any earlier one
+    over_limit            beyond the first 4 kept pairs of a paper
+A reply without one complete Q/A pair counts as unparsable. Follow-up turns (--dialogue) pass the
+same checks; if one fails, the pair keeps no turns (`turns_dropped`).
+
+Resumable: the output file holds only kept pairs; a sidecar `<stem>.progress.jsonl` gets one line
+per finished paper, written after that paper's pairs are appended and fsynced. A rerun first drops
+pairs of papers without a progress line (interrupted mid-paper), then skips finished papers.
+Papers whose teacher call failed (after the backend's bounded retries) are not marked finished,
+so a rerun tries them again. `<stem>.summary.json` (counts over all runs) is written atomically at
+the end, also when interrupted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from econlm.backends import Backend, Decoding, Messages
+from econlm.data.build import drop_leaks
+from econlm.data.corpus import load_corpus
+from econlm.errors import UserError
+from econlm.io import atomic_write_json, atomic_write_text
+from econlm.types import SPLITS, Message, Paper, QAPair, normalize_ws
+
+TEACHER_KINDS = ("openai", "local")
+# Room for four pairs (~50 tokens each); a rambling reply is cut here.
+TEACHER_DECODING = Decoding(max_new_tokens=256, temperature=0.3, top_p=0.9, seed=0)
+# A dead endpoint should stop the run, not fail every remaining paper one by one.
+MAX_CONSECUTIVE_FAILURES = 5
+REPLY_EXCERPT = 600  # characters of an unparsable reply kept in the progress file
+
+
+@dataclass(frozen=True)
+class SynthesisPrompt:
+    """The teacher's instructions plus worked examples given as earlier chat turns (few-shot chat).
+
+    Small teachers (SmolLM2-135M here) ignore format rules written as prose but copy the format of
+    earlier assistant turns, so the examples carry the format. The id (`name@version`) is stored
+    in every pair the prompt produced.
+    """
+
+    name: str
+    version: str
+    system: str  # str.format over {n_pairs}
+    examples: tuple[tuple[str, str], ...]  # (abstract, the reply to imitate)
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def messages(self, abstract: str, n_pairs: int) -> Messages:
+        messages = [{"role": "system", "content": self.system.format(n_pairs=n_pairs)}]
+        for example_abstract, reply in self.examples:
+            messages += [{"role": "user", "content": f"Abstract: {example_abstract}"},
+                         {"role": "assistant", "content": reply}]
+        return [*messages, {"role": "user", "content": f"Abstract: {abstract}"}]
+
+
+_SYSTEM = (
+    "You write {n_pairs} question-answer pairs about the economics research abstract the user gives. "
+    "Each question makes sense on its own: it names the topic, method or setting instead of saying "
+    "\"this paper\". Each answer is one or two sentences stating facts from the abstract. "
+    "Write every pair on two lines: \"Q: <question>\" then \"A: <answer>\"."
+)
+# Invented abstracts (not corpus papers): they cannot leak test content, and a teacher that copies
+# them fails the support filters.
+_MINIMUM_WAGE = (
+    "We study how minimum wage increases affect teen employment in U.S. counties using a "
+    "border-discontinuity design. Employment falls by 2 percent for each 10 percent increase in the "
+    "minimum wage, mostly through reduced hiring."
+)
+_IV_TEST = (
+    "We propose a test for the validity of instruments in linear IV models with heterogeneous effects. "
+    "The test compares estimates across subsamples and has power against violations of monotonicity. "
+    "In simulations it controls size in samples of 500 observations."
+)
+PAIRS_PROMPT = SynthesisPrompt(
+    name="econ-qa-synth",
+    version="1",
+    system=_SYSTEM,
+    examples=(
+        (_MINIMUM_WAGE,
+         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
+         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
+         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
+         "A: Mostly through reduced hiring."),
+        (_IV_TEST,
+         "Q: What does the proposed instrument validity test compare?\n"
+         "A: It compares IV estimates across subsamples.\n"
+         "Q: Against which violations does the instrument validity test have power?\n"
+         "A: Against violations of monotonicity.\n"
+         "Q: How does the instrument validity test perform in simulations?\n"
+         "A: It controls size in samples of 500 observations."),
+    ),
+)
+DIALOGUE_PROMPT = SynthesisPrompt(
+    name="econ-qa-synth-dialogue",
+    version="1",
+    system=_SYSTEM + " After a pair you may add one follow-up exchange that continues the conversation: "
+    "\"Follow-up Q: <question>\" then \"Follow-up A: <answer>\".",
+    examples=(
+        (_MINIMUM_WAGE,
+         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
+         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
+         "Follow-up Q: Which research design gives this estimate?\n"
+         "Follow-up A: A border-discontinuity design across U.S. counties.\n"
+         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
+         "A: Mostly through reduced hiring."),
+        (_IV_TEST,
+         "Q: What does the proposed instrument validity test compare?\n"
+         "A: It compares IV estimates across subsamples.\n"
+         "Follow-up Q: Against which violations does this test have power?\n"
+         "Follow-up A: Against violations of monotonicity.\n"
+         "Q: How does the instrument validity test perform in simulations?\n"
+         "A: It controls size in samples of 500 observations."),
+    ),
+)
+PROMPTS = {p.id: p for p in (PAIRS_PROMPT, DIALOGUE_PROMPT)}
+
+
+# ---------------------------------------------------------------------------------------- parsing
+
+
+@dataclass
+class ParsedPair:
+    question: str
+    answer: str
+    followups: list[tuple[str, str]] = field(default_factory=list)
+
+
+# "Q: ...", "Question 2: ...", "**A:** ...", "1. Q: ...", "- Follow-up Q: ..."; the colon is required.
+_FIELD_RE = re.compile(
+    r"^\s*(?:[-*#>]+\s*)?(?:\d+\s*[.)]\s*)?(?:\*\*|__)?\s*(?P<follow>follow[- ]?up\s+)?"
+    r"(?P<kind>question|answer|q|a)\s*\d*\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?(?P<text>.*)$",
+    re.IGNORECASE,
+)
+
+
+# Chat-template markup a teacher can echo ("[/INST]", "<|im_end|>", "<<SYS>>"): text is cut there.
+_MARKUP_RE = re.compile(r"\[/?INST\]|<</?SYS>>|<\|[a-z_]+\|>|</s>")
+
+
+def _clean(text: str) -> str:
+    text = _MARKUP_RE.split(text, maxsplit=1)[0]
+    return normalize_ws(text.replace("**", "").replace("__", "")).strip("\"' ")
+
+
+def parse_reply(text: str) -> list[ParsedPair]:
+    """Q/A pairs in reading order; a field continues over following non-blank lines."""
+    fields: list[list] = []  # [is_followup, "q" | "a", text]
+    open_field = False
+    for line in text.splitlines():
+        match = _FIELD_RE.match(line)
+        if match:
+            fields.append([bool(match["follow"]), match["kind"][0].lower(), match["text"]])
+            open_field = True
+        elif line.strip() and open_field:
+            fields[-1][2] += " " + line.strip()
+        else:
+            open_field = False  # a blank line or stray text ends the field
+    pairs: list[ParsedPair] = []
+    i = 0
+    while i + 1 < len(fields):
+        (follow, kind, question), (follow_next, kind_next, answer) = fields[i], fields[i + 1]
+        question, answer = _clean(question), _clean(answer)
+        if kind == "q" and kind_next == "a" and follow == follow_next and question and answer:
+            if not follow:
+                pairs.append(ParsedPair(question, answer))
+            elif pairs:
+                pairs[-1].followups.append((question, answer))
+            i += 2
+        else:
+            i += 1
+    return pairs
+
+
+# ---------------------------------------------------------------------------------------- filters
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Thresholds of the pair filters (see the module docstring); recorded in the summary."""
+
+    min_question_words: int = 4
+    max_question_words: int = 40
+    min_answer_words: int = 3
+    max_answer_words: int = 60
+    min_question_support: float = 0.5
+    min_answer_support: float = 0.6
+    max_pairs: int = 4
+
+
+FILTER_NAMES = ("too_short", "too_long", "not_self_contained", "off_topic", "unsupported", "duplicate", "over_limit")
+
+# A closed-book question cannot point at a text the reader never sees.
+_CONTEXT_RE = re.compile(
+    r"\b(?:this|the|that|these) (?:paper|study|article|abstract|research|work|text|author|authors|note)s?\b"
+    r"|(?-i:\b(?:[Ww]e|[Oo]ur|us)\b)",  # "us" but not "US"
+    re.IGNORECASE,
+)
+
+
+def content_stems(text: str) -> set[str]:
+    """Distinct Porter stems of the words that are not English stop words (numbers included).
+
+    rouge-score's tokenizer (lower case, alphanumeric tokens) and scikit-learn's stop-word list, so
+    support uses the same word units as the ROUGE scores."""
+    from rouge_score.tokenize import tokenize
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return {_stem(w) for w in tokenize(text, None) if w not in ENGLISH_STOP_WORDS}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _stem(word: str) -> str:
+    """Porter stem (nltk, a dependency of rouge-score), only for words over 3 characters as rouge-score does."""
+    return _porter().stem(word) if len(word) > 3 else word
+
+
+@functools.cache
+def _porter():
+    from nltk.stem.porter import PorterStemmer
+
+    return PorterStemmer()
+
+
+def support_score(text: str, abstract_stems: set[str]) -> float:
+    """Share of the text's content words found in the abstract (0 when it has none)."""
+    words = content_stems(text)
+    return len(words & abstract_stems) / len(words) if words else 0.0
+
+
+def normalize_question(question: str) -> str:
+    from rouge_score.tokenize import tokenize
+
+    return " ".join(tokenize(question, None))
+
+
+def _problem(question: str, answer: str, abstract_stems: set[str], filters: Filters) -> tuple[str | None, float]:
+    """The first filter (short, long, self-contained, on topic, supported) a pair fails, and its answer support."""
+    q, a = len(question.split()), len(answer.split())
+    support = support_score(answer, abstract_stems)
+    if q < filters.min_question_words or a < filters.min_answer_words:
+        return "too_short", support
+    if q > filters.max_question_words or a > filters.max_answer_words:
+        return "too_long", support
+    if _CONTEXT_RE.search(question):
+        return "not_self_contained", support
+    if support_score(question, abstract_stems) < filters.min_question_support:
+        return "off_topic", support
+    if support < filters.min_answer_support:
+        return "unsupported", support
+    return None, support
+
+
+@dataclass
+class Review:
+    """What became of one teacher reply: the kept pairs, the count of each drop, and the dropped
+    pairs with their reason (kept in the progress file, to audit the filters)."""
+
+    kept: list[QAPair]
+    counts: Counter
+    rejected: list[dict[str, str]]
+
+
+def review_reply(
+    paper: Paper, reply: str, filters: Filters, seen_questions: set[str], split: str, teacher: str, prompt_id: str
+) -> Review:
+    """Apply the filters to one reply. `seen_questions` (normalised questions kept so far) is
+    updated with the kept ones."""
+    counts: Counter = Counter()
+    parsed = parse_reply(reply)
+    if not parsed:
+        counts["unparsable"] = 1
+        return Review([], counts, [{"reason": "unparsable", "reply": reply[:REPLY_EXCERPT]}])
+    rejected: list[dict[str, str]] = []
+    abstract_stems = content_stems(paper.abstract)
+    kept: list[QAPair] = []
+    for pair in parsed:
+        counts["candidates"] += 1
+        problem, support = _problem(pair.question, pair.answer, abstract_stems, filters)
+        key = normalize_question(pair.question)
+        if problem is None and key in seen_questions:
+            problem = "duplicate"
+        if problem is None and len(kept) >= filters.max_pairs:
+            problem = "over_limit"
+        if problem:
+            counts[problem] += 1
+            rejected.append({"reason": problem, "question": pair.question, "answer": pair.answer})
+            continue
+        turns: list[Message] = []
+        for question, answer in pair.followups:
+            if _problem(question, answer, abstract_stems, filters)[0]:
+                counts["turns_dropped"] += 1
+                turns = []
+                break
+            turns += [Message(role="user", content=question), Message(role="assistant", content=answer)]
+        seen_questions.add(key)
+        kept.append(
+            QAPair(
+                source_id=paper.arxiv_id, question=pair.question, answer=pair.answer, split=split,
+                teacher=teacher, prompt_version=prompt_id, support=round(support, 4), turns=turns,
+            )
+        )
+    counts["kept"] = len(kept)
+    return Review(kept, counts, rejected)
+
+
+# ---------------------------------------------------------------------------------------- storage
+
+
+def sidecar_paths(out: str | Path) -> tuple[Path, Path]:
+    """(progress JSONL, summary JSON) next to the output file."""
+    out = Path(out)
+    stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(f"{stem}.progress.jsonl"), out.with_name(f"{stem}.summary.json")
+
+
+def _complete_lines(path: Path) -> tuple[list[str], bool]:
+    """The file's complete lines (JSON-checked) and whether a torn last line was dropped."""
+    if not path.is_file():
+        return [], False
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    torn = lines[-1] != ""  # a kill mid-write leaves a last line without its newline
+    lines = [line for line in lines[:-1] if line.strip()]
+    for lineno, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}:{lineno}: invalid JSON in a file econlm appends to; fix or remove it") from None
+    return lines, torn
+
+
+class ResumableStore:
+    """The output JSONL of kept pairs and its progress sidecar: append-only, fsynced per paper."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+        self.progress_path, self.summary_path = sidecar_paths(self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, dict[str, Any]] = {}
+        self.seen_questions: set[str] = set()
+        self.recovered_pairs_dropped = 0
+        self._recover()
+        self._out_fh = self.out.open("a", encoding="utf-8")
+        self._progress_fh = self.progress_path.open("a", encoding="utf-8")
+
+    def _recover(self) -> None:
+        progress_lines, progress_torn = _complete_lines(self.progress_path)
+        for line in progress_lines:
+            record = json.loads(line)
+            self.done[record["source_id"]] = record
+        if progress_torn:
+            atomic_write_text(self.progress_path, "".join(f"{line}\n" for line in progress_lines))
+        pair_lines, pairs_torn = _complete_lines(self.out)
+        kept = [line for line in pair_lines if json.loads(line).get("source_id") in self.done]
+        self.recovered_pairs_dropped = len(pair_lines) - len(kept)
+        if pairs_torn or self.recovered_pairs_dropped:
+            atomic_write_text(self.out, "".join(f"{line}\n" for line in kept))
+        for line in kept:
+            self.seen_questions.add(normalize_question(json.loads(line)["question"]))
+
+    @staticmethod
+    def _append(fh, text: str) -> None:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+    def add(self, pairs: Sequence[QAPair], record: dict[str, Any]) -> None:
+        """Append one paper's pairs, then its progress line (the paper counts as done only then)."""
+        if pairs:
+            self._append(self._out_fh, "".join(p.model_dump_json(exclude_none=True) + "\n" for p in pairs))
+        self._append(self._progress_fh, json.dumps(record, ensure_ascii=False) + "\n")
+        self.done[record["source_id"]] = record
+
+    def close(self) -> None:
+        self._out_fh.close()
+        self._progress_fh.close()
+
+
+# ---------------------------------------------------------------------------------------- running
+
+
+def select_papers(corpus_dir: str | Path, split: str, limit: int | None = None, seed: int = 0) -> list[Paper]:
+    """The split's papers in a seeded random order, the first `limit` of them.
+
+    Train papers that leak into validation/test are left out (as `econlm data build` does). A larger
+    limit with the same seed extends the same subset, so a run can be grown later.
+    """
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be at least 1, got {limit}")
+    corpus = load_corpus(corpus_dir)
+    papers = drop_leaks(corpus)[0] if split == "train" else list(corpus[split])
+    random.Random(f"qa-{seed}").shuffle(papers)
+    return papers[:limit] if limit else papers
+
+
+def parse_teacher(spec: str) -> tuple[str, str]:
+    kind, sep, model = spec.partition(":")
+    if not sep or kind not in TEACHER_KINDS or not model:
+        raise UserError(f"teacher {spec!r}: use openai:<model> (an OpenAI-compatible endpoint) or local:<model>")
+    return kind, model
+
+
+def load_teacher(spec: str, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 3) -> Backend:
+    """The backend a teacher spec names: `openai:` as is, `local:` as `transformers:` (batch size
+    `concurrency`)."""
+    from econlm.backends import get_backend
+
+    kind, model = parse_teacher(spec)
+    if kind == "local":
+        return get_backend(f"transformers:{model}", batch_size=concurrency, progress=False)
+    return get_backend(f"openai:{model}", timeout=timeout, max_retries=max_retries, concurrency=concurrency)
+
+
+def _teacher_errors() -> tuple[type[BaseException], ...]:
+    """What a failed teacher call raises once the backend's own retries are spent."""
+    import httpx
+
+    return (UserError, httpx.HTTPError)
+
+
+def synthesize(
+    corpus_dir: str | Path,
+    split: str,
+    teacher: str,
+    out: str | Path,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    concurrency: int = 4,
+    n_pairs: int = 3,
+    dialogue: bool = False,
+    decoding: Decoding = TEACHER_DECODING,
+    filters: Filters = Filters(),
+    timeout: float = 120.0,
+    max_retries: int = 3,
+    progress: bool = True,
+    backend: Backend | None = None,
+) -> dict[str, Any]:
+    """Write Q&A pairs for the split's papers to `out` (appending, resumable); returns the summary."""
+    from tqdm.auto import tqdm
+
+    kind, _ = parse_teacher(teacher)
+    if concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, got {concurrency}")
+    if not 1 <= n_pairs <= filters.max_pairs:
+        raise UserError(f"--pairs must be between 1 and {filters.max_pairs}, got {n_pairs}")
+    prompt = DIALOGUE_PROMPT if dialogue else PAIRS_PROMPT
+    papers = select_papers(corpus_dir, split, limit, seed)
+    store = ResumableStore(out)
+    pending = [p for p in papers if p.arxiv_id not in store.done]
+    run = {"split": split, "teacher": teacher, "prompt": prompt.id, "pairs": n_pairs, "selected": len(papers),
+           "already_done": len(papers) - len(pending), "finished": 0, "failed": 0, "errors": [],
+           "pairs_dropped_on_recovery": store.recovered_pairs_dropped}
+    started = time.perf_counter()
+    bar = tqdm(total=len(pending), desc=f"qa {split}", unit="paper", disable=not progress, mininterval=2)
+
+    def finish(paper: Paper, reply: str, seconds: float) -> None:
+        review = review_reply(paper, reply, filters, store.seen_questions, split, teacher, prompt.id)
+        store.add(review.kept, {"source_id": paper.arxiv_id, "split": split, "teacher": teacher, "prompt": prompt.id,
+                                "counts": dict(review.counts), "seconds": round(seconds, 2), "rejected": review.rejected})
+        run["finished"] += 1
+        bar.update(1)
+        bar.set_postfix(pairs=sum(r["counts"].get("kept", 0) for r in store.done.values()), refresh=False)
+
+    try:
+        if backend is None:
+            backend = load_teacher(teacher, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
+        if kind == "local":
+            _run_batched(backend, pending, prompt, n_pairs, decoding, concurrency, finish)
+        else:
+            _run_concurrent(backend, pending, prompt, n_pairs, decoding, concurrency, finish, run)
+    finally:
+        bar.close()
+        store.close()
+        run["seconds"] = round(time.perf_counter() - started, 1)
+        summary = summarize(store, filters, decoding, prompt, run)
+        atomic_write_json(store.summary_path, summary)
+    return summary
+
+
+def _run_batched(backend, papers, prompt, n_pairs, decoding, batch_size, finish) -> None:
+    """In-process teacher: one batched generate call per `batch_size` papers."""
+    for start in range(0, len(papers), batch_size):
+        batch = papers[start: start + batch_size]
+        began = time.perf_counter()
+        replies = backend.chat([prompt.messages(p.abstract, n_pairs) for p in batch], decoding)
+        seconds = (time.perf_counter() - began) / len(batch)
+        for paper, reply in zip(batch, replies):
+            finish(paper, reply[0], seconds)
+
+
+def _run_concurrent(backend, papers, prompt, n_pairs, decoding, concurrency, finish, run) -> None:
+    """Endpoint teacher: `concurrency` single-conversation requests in flight; results are written
+    by this (the main) thread as they complete, so the store needs no lock."""
+    errors = _teacher_errors()
+
+    def ask(paper: Paper) -> tuple[str, float]:
+        began = time.perf_counter()
+        reply = backend.chat([prompt.messages(paper.abstract, n_pairs)], decoding)[0][0]
+        return reply, time.perf_counter() - began
+
+    consecutive_failures = 0
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="qa-teacher")
+    try:
+        futures = {pool.submit(ask, paper): paper for paper in papers}
+        for future in as_completed(futures):
+            paper = futures[future]
+            try:
+                reply, seconds = future.result()
+            except errors as exc:
+                run["failed"] += 1
+                consecutive_failures += 1
+                if len(run["errors"]) < 10:
+                    run["errors"].append(f"{paper.arxiv_id}: {type(exc).__name__}: {str(exc)[:200]}")
+                if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+                    raise UserError(
+                        f"teacher {run['teacher']} failed {consecutive_failures} times in a row "
+                        f"(last: {type(exc).__name__}: {str(exc)[:200]}); finished papers are kept, rerun to resume"
+                    ) from None
+                continue
+            consecutive_failures = 0
+            finish(paper, reply, seconds)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+COUNT_KEYS = ("papers", "unparsable", "candidates", *FILTER_NAMES, "kept", "turns_dropped", "papers_with_pairs")
+
+
+def read_progress(path: str | Path) -> list[dict[str, Any]]:
+    """The progress records of finished papers (a torn last line is ignored)."""
+    lines, _ = _complete_lines(Path(path))
+    return [json.loads(line) for line in lines]
+
+
+def tally(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Counts over progress records: totals, per split, and papers per teacher and prompt."""
+    per_split: dict[str, Counter] = {}
+    teachers, prompts = Counter(), Counter()
+    for record in records:
+        counts = per_split.setdefault(record["split"], Counter())
+        counts.update(record["counts"])
+        counts["papers"] += 1
+        counts["papers_with_pairs"] += record["counts"].get("kept", 0) > 0
+        teachers[record["teacher"]] += 1
+        prompts[record["prompt"]] += 1
+    total = sum(per_split.values(), Counter())
+    return {
+        "totals": {k: total.get(k, 0) for k in COUNT_KEYS},
+        "per_split": {split: {k: c.get(k, 0) for k in COUNT_KEYS} for split, c in sorted(per_split.items())},
+        "teachers": dict(teachers),
+        "prompts": dict(prompts),
+    }
+
+
+def summarize(store: ResumableStore, filters: Filters, decoding: Decoding, prompt: SynthesisPrompt,
+              run: dict[str, Any]) -> dict[str, Any]:
+    """Counts over every finished paper in the store (all runs), the filters, and the last run."""
+    return {
+        "output": str(store.out),
+        **tally(store.done.values()),
+        "filters": asdict(filters),
+        "filter_definitions": {
+            "unparsable": "reply without one complete 'Q: ... / A: ...' pair",
+            "too_short": f"question < {filters.min_question_words} or answer < {filters.min_answer_words} words",
+            "too_long": f"question > {filters.max_question_words} or answer > {filters.max_answer_words} words",
+            "not_self_contained": "question points at an unseen text ('this paper', 'the authors', 'we', ...)",
+            "off_topic": f"question support < {filters.min_question_support}",
+            "unsupported": f"answer support < {filters.min_answer_support}",
+            "support": "share of the text's distinct content stems (sklearn English stop words removed, "
+                       "Porter stemmer, rouge-score tokenizer) that occur in the abstract",
+            "duplicate": "normalised question (lower case, alphanumeric tokens) already kept for any paper",
+            "over_limit": f"beyond the first {filters.max_pairs} kept pairs of a paper",
+            "turns_dropped": "follow-up turns removed because one failed the length, context or support checks",
+        },
+        "last_run": {**run, "decoding": asdict(decoding), "prompt_messages": prompt.messages("{abstract}", run["pairs"])},
+    }
