@@ -106,3 +106,17 @@ def test_streamed_answer_matches_the_final_one(retriever):
     backend = FakeBackend()
     text = "".join(rag_answer.stream_answer("Minimum wage effects?", hits, backend))
     assert rag_answer.finalize(text, hits).citations == ["[econ.pdf, p. 2]"]
+
+
+def test_copied_sentences_are_cited_after_the_fact(retriever):
+    """Small models copy passages without citing them; such sentences get the passage's label."""
+    hits = retriever.search("central banks inflation minimum wage employment", k=3)
+    reply = (
+        "Central banks raise interest rates to bring inflation back to 2.5 percent of target.\n"
+        "I am not sure about anything else. Minimum wage increases had small effects [econ.pdf, p. 2]!"
+    )
+    result = rag_answer.finalize(reply, hits)
+    assert result.text.startswith("Central banks raise interest rates to bring inflation back to 2.5 percent of target [econ.pdf, p. 1].\n")
+    assert "I am not sure about anything else. Minimum" in result.text  # unsupported sentence left uncited
+    assert result.citations == ["[econ.pdf, p. 1]", "[econ.pdf, p. 2]"] and result.attributed == ["[econ.pdf, p. 1]"]
+    assert rag_answer.attribute("Banks exist.", hits) == ("Banks exist.", [])  # too few words to attribute

@@ -103,6 +103,19 @@ def stream_to(pieces: Iterable[str], sink: list[str]) -> Iterator[str]:
         yield markdown_safe(piece)
 
 
+def stream_rag_answer(pieces: Iterable[str], hits) -> Answer:
+    """Show a reply as it streams, then replace it with the final text (citations added)."""
+    from econlm.rag.answer import finalize
+
+    slot = st.empty()
+    raw: list[str] = []
+    with slot.container():
+        st.write_stream(stream_to(pieces, raw))
+    answer = finalize("".join(raw), hits)
+    slot.markdown(markdown_safe(answer.text))
+    return answer
+
+
 def show_passages(passages: list[Chunk], expanded: bool) -> None:
     """The retrieved passages under an answer, as plain text (never rendered as markdown)."""
     if not passages:
@@ -114,11 +127,13 @@ def show_passages(passages: list[Chunk], expanded: bool) -> None:
 
 
 def show_answer(answer: Answer, expanded: bool, with_text: bool = True) -> None:
-    """An answer's text (unless it was just streamed), its citations, and the passages it read."""
+    """An answer's text (unless already shown), its citations, and the passages it read."""
     if with_text:
         st.markdown(markdown_safe(answer.text))
     if answer.citations:
-        st.caption("Cites: " + markdown_safe(" ".join(answer.citations)))
+        attributed = getattr(answer, "attributed", [])
+        note = f" ({', '.join(attributed)} added where a sentence matches the passage)" if attributed else ""
+        st.caption(markdown_safe("Cites: " + " ".join(answer.citations) + note))
     unsupported = getattr(answer, "unsupported_citations", None)
     if unsupported:
         st.warning("The model also cited sources that were not retrieved: " + markdown_safe(", ".join(unsupported)))

@@ -8,7 +8,8 @@ the model that nothing inside the block is an instruction. (This bounds what a d
 the prompt; no prompt can force a weak model to ignore text it reads.)
 
 Citations are the passage labels, `[arXiv:ID]` for corpus papers and `[file, p. N]` for uploaded
-files. Labels the model writes that match no retrieved passage are reported apart as unsupported.
+files. Labels the model writes that match no retrieved passage are reported apart as unsupported;
+sentences it copied from a passage without citing it are cited after the fact (`attribute`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import re
 from collections.abc import Iterator, Sequence
 
 from econlm.backends import Backend, Decoding, Messages
-from econlm.rag.retriever import Hit
+from econlm.rag.retriever import Hit, stop_words, tokenize
 from econlm.types import Answer, Chunk
 
 PROMPT_VERSION = "econ-rag@1"
@@ -75,8 +76,48 @@ def _key(label: str) -> str:
     return re.sub(r"\s+", "", label.lower()).replace("page", "p.").replace("p..", "p.")
 
 
+# A sentence: up to . ! or ? followed by a space or the end (so "4.5" stays whole), or a line end;
+# a [label] is read whole (its "p. 2" ends no sentence).
+_SENTENCE_RE = re.compile(r"[^\s\[](?:\[[^\]\n]*\]|.)*?(?:[.!?]+(?=\s|$)|(?=\n)|$)|\[[^\]\n]*\]", re.DOTALL)
+# A sentence is attributed to a passage when most of its content words are in it.
+ATTRIBUTION_MIN_SHARE = 0.6
+ATTRIBUTION_MIN_WORDS = 3
+
+
+def attribute(text: str, hits: Sequence[Hit]) -> tuple[str, list[str]]:
+    """Cite, after the fact, the passage each uncited sentence was taken from.
+
+    Small models rarely write citations even when they copy a passage word for word. A sentence
+    without a citation whose content words come mostly (>= 60%, at least 3) from one passage gets
+    that passage's label appended; anything else (a refusal, an unsupported claim) stays uncited.
+    Returns the text with the added labels and the labels added.
+    """
+    stop = stop_words()
+    passages = [(citation_label(h.chunk), set(tokenize(h.chunk.text, stop))) for h in hits]
+    added: list[str] = []
+    out, last = [], 0
+    for match in _SENTENCE_RE.finditer(text):
+        sentence = match.group(0).rstrip()
+        words = set(tokenize(sentence, stop))
+        if passages and not _LABEL_RE.search(sentence) and len(words) >= ATTRIBUTION_MIN_WORDS:
+            label, support = max(((lbl, len(words & passage)) for lbl, passage in passages), key=lambda t: t[1])
+            if support >= ATTRIBUTION_MIN_WORDS and support / len(words) >= ATTRIBUTION_MIN_SHARE:
+                body = sentence.rstrip(".!?")
+                sentence = f"{body} {label}{sentence[len(body):]}"
+                added.append(label)
+        out.append(text[last : match.start()] + sentence)
+        last = match.start() + len(match.group(0).rstrip())
+    out.append(text[last:])
+    return "".join(out), added
+
+
 def finalize(text: str, hits: Sequence[Hit]) -> Answer:
-    """The model's reply as an `Answer`: valid citations in order of use, unsupported ones apart."""
+    """The model's reply as an `Answer`: valid citations in order of use, unsupported ones apart.
+
+    Sentences the model left uncited but copied from a passage are cited by `attribute`; those
+    labels are also listed in `attributed`, so what the model cited itself stays visible.
+    """
+    text, attributed = attribute(text.strip(), hits)
     known = {_key(citation_label(h.chunk)): citation_label(h.chunk) for h in hits}
     citations, unsupported = [], []
     for written in _LABEL_RE.findall(text):
@@ -85,10 +126,11 @@ def finalize(text: str, hits: Sequence[Hit]) -> Answer:
         if value not in target:
             target.append(value)
     return Answer(
-        text=text.strip(),
+        text=text,
         citations=citations,
         passages=[h.chunk for h in hits],
         unsupported_citations=unsupported,
+        attributed=sorted(set(attributed), key=attributed.index),
         prompt_version=PROMPT_VERSION,
     )
 

@@ -85,11 +85,9 @@ if question := st.chat_input("Ask about your documents"):
             result = rag_answer.nothing_relevant(f"the index '{selected}'")
             state.show_answer(result, expanded=True)
         else:
-            raw: list[str] = []
             try:
-                st.write_stream(state.stream_to(rag_answer.stream_answer(question, hits, state.backend()), raw))
+                result = state.stream_rag_answer(rag_answer.stream_answer(question, hits, state.backend()), hits)
             except UserError as exc:
                 state.fail(str(exc))
-            result = rag_answer.finalize("".join(raw), hits)
             state.show_answer(result, expanded=True, with_text=False)
     history += [{"role": "user", "content": question}, {"role": "assistant", "answer": result}]

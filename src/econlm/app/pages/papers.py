@@ -51,11 +51,9 @@ if question := st.chat_input("Ask a question across these papers"):
     with st.chat_message("user"):
         st.markdown(state.markdown_safe(question))
     with st.chat_message("assistant"):
-        raw: list[str] = []
         try:
-            st.write_stream(state.stream_to(rag_answer.stream_answer(question, hits, state.backend()), raw))
+            result = state.stream_rag_answer(rag_answer.stream_answer(question, hits, state.backend()), hits)
         except UserError as exc:
             state.fail(str(exc))
-        result = rag_answer.finalize("".join(raw), hits)
         state.show_answer(result, expanded=True, with_text=False)
     chat["messages"] += [{"role": "user", "content": question}, {"role": "assistant", "answer": result}]

