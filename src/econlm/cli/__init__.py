@@ -12,6 +12,7 @@ from econlm.cli._base import main as cli
 from econlm.cli import data as _data  # noqa: F401  (registers `econlm data ...`)
 from econlm.cli import harvest as _harvest  # noqa: F401
 from econlm.cli import models as _models  # noqa: F401  (registers `econlm models ...`)
+from econlm.cli import train as _train  # noqa: F401  (registers train, merge, bench train)
 from econlm.cli import qa as _qa  # noqa: F401  (registers `econlm qa ...`)
 from econlm.cli import export as _export  # noqa: F401  (registers export gguf, serve, bench infer)
 from econlm.cli import app as _app  # noqa: F401  (registers app, index, bench rag)

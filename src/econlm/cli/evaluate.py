@@ -1,0 +1,50 @@
+"""`econlm eval`, `econlm baselines`, `econlm report`, `econlm reproduce` and `econlm bench eval`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from econlm.cli._base import bench, corpus_option, main, resolve_corpus
+
+
+@main.command("eval")
+@corpus_option
+@click.option("--model", default="econlm", show_default=True,
+              help="Model: 'econlm' (shipped adapter), a training run dir or adapter dir, a packaged name "
+                   "(smollm2-135m-instruct, gemma3-270m), a HF folder, a .gguf file or a hub id.")
+@click.option("--task", required=True, help="title or classify.")
+@click.option("--split", default="test", show_default=True, help="Corpus split to evaluate on.")
+@click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of N papers.")
+@click.option("--prompting", default="auto", show_default=True,
+              help="zero-shot (chat template + training prompt), one-shot (completion prompt with one train "
+                   "example), or auto (zero-shot if the model has a chat template).")
+@click.option("--batch-size", default=16, show_default=True, help="Examples per forward pass.")
+@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16 (Gemma needs float32).")
+@click.option("--max-new-tokens", default=40, show_default=True, help="Title generation length limit.")
+@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy decoding.")
+@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (with --temperature > 0).")
+@click.option("--seed", default=0, show_default=True, help="Seed for sampling, --limit subsets and the one-shot example.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+def eval_(corpus, model, task, split, limit, prompting, batch_size, dtype, max_new_tokens, temperature, top_p, seed, out):
+    """Evaluate a model on title generation or classification.
+
+    Reads CORPUS/<split>.jsonl (and train.jsonl for one-shot prompts) and the model; writes
+    OUT/predictions.jsonl (id, input, reference, prediction), OUT/metrics.json (metrics and
+    provenance) and, for classification, OUT/confusion_matrix.png. Titles: ROUGE-1/2/L F
+    (rouge-score, stemmer) and BLEU; classification: constrained scoring of the three answers,
+    accuracy, weighted/macro P/R/F1, free-generation parse rate.
+    """
+    from econlm.backends import Decoding
+    from econlm.evaluate import check_task, evaluate
+    from econlm.models import resolve
+
+    check_task(task)
+    resolve(model)  # an unknown or missing model fails here, before the corpus is read
+    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    report = evaluate(model, task, resolve_corpus(corpus), out, split=split, limit=limit, prompting=prompting,
+                      decoding=decoding, batch_size=batch_size, dtype=dtype, seed=seed)
+    shown = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
+    click.echo("  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+    click.echo(f"wrote {out}/predictions.jsonl and {out}/metrics.json ({report.provenance['seconds']:.0f}s)")

@@ -1,0 +1,269 @@
+"""Evaluate a language model on title generation or classification, the study's Tables 1 and 2.
+
+Writes OUT/predictions.jsonl (id, input, reference, prediction, plus per-task details),
+OUT/metrics.json (a `MetricReport` with full provenance) and, for classification,
+OUT/confusion_matrix.png.
+
+Two ways of prompting, chosen by `prompting`:
+- "zero-shot": the model's chat template with the training prompt templates of
+  `econlm.data.templates` (the fine-tuned adapter, and the base model zero-shot: the study's
+  "LLaMA-2 (base)" row).
+- "one-shot": a plain-text completion prompt with one worked example from the train split, for
+  base models without a chat template (Gemma-3-270M here; the study's GPT-Neo and OPT rows).
+
+Titles are generated in batches and cut at the first line. Classification never parses free
+text for its score: it compares the log-likelihood of the three answers (constrained scoring);
+the free-generation parse rate is reported beside it, to show how often the model would have
+produced a usable answer unprompted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from econlm.backends import Decoding
+from econlm.data.corpus import load_papers, split_files
+from econlm.data.templates import ANSWER_TO_LABEL, CLASSIFY, LABEL_TO_ANSWER, TITLE
+from econlm.errors import UserError
+from econlm.io import atomic_dir, atomic_write_json, sha256_file, write_jsonl
+from econlm.metrics import classification_report, plot_confusion_matrix, title_report
+from econlm.types import CATEGORIES, SPLITS, MetricReport, Paper, Prediction
+
+EVAL_TASKS = ("title", "classify")
+PROMPTINGS = ("auto", "zero-shot", "one-shot")
+LABELS = list(CATEGORIES)  # econ.EM, econ.GN, econ.TH: the row/column order of every confusion matrix
+ANSWERS = [LABEL_TO_ANSWER[label] for label in LABELS]
+TITLE_DECODING = Decoding(max_new_tokens=40)  # test titles are at most 34 tokens (SmolLM2 and Gemma tokenizers)
+# Room for a short sentence around the answer ("The paper belongs to the Econometrics category").
+FREE_GENERATION_DECODING = Decoding(max_new_tokens=16)
+LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rouge-score", "sacrebleu", "scikit-learn")
+
+
+@dataclass(frozen=True)
+class CompletionTemplate:
+    """A named, versioned one-shot completion prompt: instruction, one worked example, the query."""
+
+    name: str
+    version: str
+    task: str
+    instruction: str
+    shot: str  # str.format over {abstract} and {answer}; the query is the shot with an empty answer
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def render(self, example_abstract: str, example_answer: str, abstract: str) -> str:
+        worked = self.shot.format(abstract=example_abstract, answer=f" {example_answer}")
+        return f"{self.instruction}\n\n{worked}\n\n{self.shot.format(abstract=abstract, answer='')}"
+
+
+ONE_SHOT_TITLE = CompletionTemplate(
+    name="econ-title-oneshot",
+    version="1",
+    task="title",
+    instruction="Titles of arXiv economics papers, written from their abstracts.",
+    shot="Abstract: {abstract}\nTitle:{answer}",
+)
+ONE_SHOT_CLASSIFY = CompletionTemplate(
+    name="econ-classify-oneshot",
+    version="1",
+    task="classify",
+    instruction="arXiv economics papers, each classified as Econometrics, General Economics or Theoretical Economics.",
+    shot="Abstract: {abstract}\nCategory:{answer}",
+)
+
+
+def check_task(task: str) -> str:
+    if task not in EVAL_TASKS:
+        raise UserError(f"unknown task {task!r}: choose from {', '.join(EVAL_TASKS)}")
+    return task
+
+
+def load_split(corpus_dir: str | Path, split: str, limit: int | None = None, seed: int = 0) -> list[Paper]:
+    """The split's papers; with `limit`, a seeded random subset kept in corpus order."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
+    papers = load_papers(split_files(corpus_dir)[split]).papers
+    if limit is not None:
+        if limit < 1:
+            raise UserError(f"--limit must be at least 1, got {limit}")
+        if limit < len(papers):
+            keep = sorted(random.Random(seed).sample(range(len(papers)), limit))
+            papers = [papers[i] for i in keep]
+    return papers
+
+
+ONE_SHOT_MAX_WORDS = 100  # a short worked example keeps one-shot prompts (and CPU time) small
+
+
+def one_shot_example(corpus_dir: str | Path, seed: int) -> Paper:
+    """The worked example of one-shot prompts: a seeded choice among the short train abstracts."""
+    train = load_papers(split_files(corpus_dir)["train"]).papers
+    short = [p for p in train if len(p.abstract.split()) <= ONE_SHOT_MAX_WORDS] or train
+    return random.Random(f"one-shot-{seed}").choice(short)
+
+
+def first_line(text: str) -> str:
+    """The generated title: the first non-empty line, stripped."""
+    return next((line.strip() for line in text.strip().splitlines() if line.strip()), "")
+
+
+def parse_category(text: str) -> str | None:
+    """The label whose category name occurs in the first line of free text, if exactly one does."""
+    line = re.sub(r"[^a-z ]+", " ", first_line(text).lower())
+    found = [ANSWER_TO_LABEL[answer] for answer in ANSWERS if answer.lower() in " ".join(line.split())]
+    return found[0] if len(found) == 1 else None
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for dist in LIBRARIES:
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def resolve_prompting(prompting: str, backend) -> str:
+    if prompting not in PROMPTINGS:
+        raise UserError(f"unknown prompting {prompting!r}: choose from {', '.join(PROMPTINGS)}")
+    if prompting == "auto":
+        return "zero-shot" if backend.has_chat_template else "one-shot"
+    if prompting == "zero-shot" and not backend.has_chat_template:
+        raise UserError(f"{backend.model_ref}: no chat template, so no zero-shot chat prompting; use --prompting one-shot")
+    return prompting
+
+
+def evaluate(
+    model: str,
+    task: str,
+    corpus_dir: str | Path,
+    out_dir: str | Path,
+    split: str = "test",
+    limit: int | None = None,
+    prompting: str = "auto",
+    decoding: Decoding = TITLE_DECODING,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    seed: int = 0,
+    backend=None,
+) -> MetricReport:
+    """Run one model on one task and split; write predictions, metrics and plots to `out_dir`.
+
+    `backend` reuses an already loaded `TransformersBackend` (e.g. to evaluate both tasks).
+    """
+    check_task(task)
+    papers = load_split(corpus_dir, split, limit, seed)
+    if backend is None:
+        from econlm.backends.hf import TransformersBackend
+
+        backend = TransformersBackend(model, dtype=dtype, batch_size=batch_size, progress=True)
+    mode = resolve_prompting(prompting, backend)
+    shot = one_shot_example(corpus_dir, seed) if mode == "one-shot" else None
+
+    started = time.perf_counter()
+    if task == "title":
+        predictions, template_id = _titles(backend, papers, mode, shot, decoding)
+        references = [p.reference for p in predictions]
+        report = title_report([p.prediction for p in predictions], references)
+    else:
+        predictions, template_id = _classify(backend, papers, mode, shot)
+        report = classification_report(
+            [p.label for p in predictions], [p.predicted_label for p in predictions], LABELS
+        )
+        parsed = [p.free_generation_label for p in predictions]
+        report.metrics["free_generation_parse_rate"] = sum(x is not None for x in parsed) / len(parsed)
+        report.metrics["free_generation_accuracy"] = sum(x == p.label for x, p in zip(parsed, predictions)) / len(parsed)
+    seconds = time.perf_counter() - started
+
+    report.provenance = {
+        "task": task,
+        "split": split,
+        "n_examples": len(papers),
+        "limit": limit,
+        "corpus": str(Path(corpus_dir).resolve()),
+        "data_sha256": {name: sha256_file(path) for name, path in split_files(corpus_dir).items()},
+        "model": backend.describe(),
+        "prompting": mode,
+        "prompt_template": template_id,
+        "one_shot_example": shot.arxiv_id if shot else None,
+        "decoding": dataclasses.asdict(decoding) if task == "title" else None,
+        "free_generation_decoding": dataclasses.asdict(FREE_GENERATION_DECODING) if task == "classify" else None,
+        "scoring": "sum log-prob of each answer (constrained)" if task == "classify" else None,
+        "seed": seed,
+        "batch_size": backend.batch_size,
+        "seconds": round(seconds, 2),
+        "examples_per_second": round(len(papers) / seconds, 3),
+        "versions": library_versions(),
+        **_machine(),
+    }
+    with atomic_dir(out_dir) as tmp:
+        write_jsonl(tmp / "predictions.jsonl", predictions)
+        atomic_write_json(tmp / "metrics.json", report.model_dump(mode="json"))
+        if task == "classify":
+            plot_confusion_matrix(
+                report.metrics["confusion_matrix"], LABELS, tmp / "confusion_matrix.png",
+                f"{backend.model_ref} ({mode}), {split} n={len(papers)}",
+            )
+    return report
+
+
+def _machine() -> dict[str, Any]:
+    from econlm.bench.common import machine
+
+    info = machine()
+    info.pop("versions")  # recorded in full under "versions"
+    return {"date": info.pop("date"), "machine": info}
+
+
+def _titles(backend, papers: list[Paper], mode: str, shot: Paper | None, decoding: Decoding):
+    if mode == "zero-shot":
+        conversations = [[m.model_dump() for m in TITLE.prompt(abstract=p.abstract)] for p in papers]
+        outputs = backend.chat(conversations, decoding)
+        template_id = TITLE.id
+    else:
+        prompts = [ONE_SHOT_TITLE.render(shot.abstract, shot.title, p.abstract) for p in papers]
+        outputs = backend.complete(prompts, decoding, stop=["\n"])
+        template_id = ONE_SHOT_TITLE.id
+    predictions = [
+        Prediction(id=f"title-{p.arxiv_id}", task="title", input=p.abstract, reference=p.title,
+                   prediction=first_line(out[0]), raw_output=out[0])
+        for p, out in zip(papers, outputs)
+    ]
+    return predictions, template_id
+
+
+def _classify(backend, papers: list[Paper], mode: str, shot: Paper | None):
+    if mode == "zero-shot":
+        conversations = [[m.model_dump() for m in CLASSIFY.prompt(abstract=p.abstract)] for p in papers]
+        scores = backend.score_options(conversations, ANSWERS)
+        free = backend.chat(conversations, FREE_GENERATION_DECODING)
+        template_id = CLASSIFY.id
+    else:
+        shot_answer = LABEL_TO_ANSWER[shot.primary_category]
+        prompts = [ONE_SHOT_CLASSIFY.render(shot.abstract, shot_answer, p.abstract) for p in papers]
+        scores = backend.score_text_options(prompts, [f" {answer}" for answer in ANSWERS])
+        free = backend.complete(prompts, FREE_GENERATION_DECODING, stop=["\n"])
+        template_id = ONE_SHOT_CLASSIFY.id
+    predictions = []
+    for paper, row, out in zip(papers, scores, free):
+        best = max(range(len(ANSWERS)), key=row.__getitem__)
+        predictions.append(
+            Prediction(
+                id=f"classify-{paper.arxiv_id}", task="classify", input=paper.abstract,
+                reference=LABEL_TO_ANSWER[paper.primary_category], prediction=ANSWERS[best],
+                label=paper.primary_category, predicted_label=LABELS[best],
+                option_logprobs=dict(zip(ANSWERS, row)), free_generation=out[0],
+                free_generation_label=parse_category(out[0]),
+            )
+        )
+    return predictions, template_id
