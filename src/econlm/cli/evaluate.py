@@ -48,3 +48,35 @@ def eval_(corpus, model, task, split, limit, prompting, batch_size, dtype, max_n
     shown = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     click.echo(f"wrote {out}/predictions.jsonl and {out}/metrics.json ({report.provenance['seconds']:.0f}s)")
+
+
+@main.command()
+@corpus_option
+@click.option("--only", default=None, help="Comma-separated subset of: logreg, knn, random_forest, xgboost, "
+                                           "decision_tree, svc, rnn, lstm, minilm [default: all].")
+@click.option("--train-limit", type=int, default=None, help="Train on a seeded subset of N papers (quick runs).")
+@click.option("--test-limit", type=int, default=None, help="Score a seeded subset of N test papers (quick runs).")
+@click.option("--rnn-epochs", default=6, show_default=True, help="Epochs for the RNN and LSTM (best on validation kept).")
+@click.option("--minilm-epochs", default=2, show_default=True, help="Epochs for MiniLM fine-tuning (best on validation kept).")
+@click.option("--minilm-max-len", default=256, show_default=True, help="MiniLM input length in tokens.")
+@click.option("--jobs", default=2, show_default=True, help="Threads for random forest and XGBoost.")
+@click.option("--seed", default=0, show_default=True, help="Seed for subsets, forests and network initialisation.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+def baselines(corpus, only, train_limit, test_limit, rnn_epochs, minilm_epochs, minilm_max_len, jobs, seed, out):
+    """Classification baselines of the study's Table 2, tuned on validation, scored on test.
+
+    Reads CORPUS/{train,validation,test}.jsonl; writes OUT/<baseline>/{predictions.jsonl,
+    metrics.json,confusion_matrix.png}, OUT/summary.json and OUT/baselines.png. The input is the
+    abstract, as for the language models; metrics are the same functions.
+    """
+    from econlm.baselines import BASELINE_NAMES, BaselineSettings, run_baselines
+
+    names = tuple(n.strip() for n in only.split(",") if n.strip()) if only else BASELINE_NAMES
+    settings = BaselineSettings(names=names, seed=seed, train_limit=train_limit, test_limit=test_limit,
+                                rnn_epochs=rnn_epochs, minilm_epochs=minilm_epochs, minilm_max_len=minilm_max_len,
+                                jobs=jobs)
+    summary = run_baselines(resolve_corpus(corpus), out, settings)
+    for name, row in summary["baselines"].items():
+        click.echo(f"{name:14s} accuracy={row['accuracy']:.4f}  f1_weighted={row['f1_weighted']:.4f}  "
+                   f"f1_macro={row['f1_macro']:.4f}  ({row['seconds']:.0f}s)")
+    click.echo(f"wrote {out}")

@@ -1,0 +1,131 @@
+"""`econlm eval` end to end on a small real corpus with a tiny random LLaMA (and a LoRA adapter on
+it), the answer parser, and the CLI's one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from econlm import evaluate
+from econlm.data.templates import CLASSIFY, TITLE
+from econlm.metrics import classification_scores, title_scores
+
+
+def read_rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_title_eval_end_to_end(tiny_llama, small_corpus, tmp_path):
+    report = evaluate.evaluate(str(tiny_llama), "title", small_corpus, tmp_path / "title", limit=6, batch_size=4,
+                               decoding=evaluate.Decoding(max_new_tokens=6))
+    rows = read_rows(tmp_path / "title" / "predictions.jsonl")
+    assert len(rows) == 6 and {"id", "input", "reference", "prediction"} <= set(rows[0])
+    assert all("\n" not in r["prediction"] for r in rows)
+    saved = json.loads((tmp_path / "title" / "metrics.json").read_text())
+    again = title_scores([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    assert saved["metrics"]["rougeL_f"] == pytest.approx(again["rougeL_f"])
+    assert saved["primary_metric"] == "rougeL_f" == report.primary_metric
+    provenance = saved["provenance"]
+    assert provenance["prompt_template"] == TITLE.id and provenance["prompting"] == "zero-shot"
+    assert provenance["decoding"]["max_new_tokens"] == 6 and provenance["decoding"]["temperature"] == 0.0
+    assert set(provenance["data_sha256"]) == {"train", "validation", "test"}
+    assert provenance["model"]["base_model_hash"] and "transformers" in provenance["versions"]
+
+
+def test_classify_eval_end_to_end(tiny_llama, small_corpus, tmp_path):
+    evaluate.evaluate(str(tiny_llama), "classify", small_corpus, tmp_path / "cls", batch_size=5)
+    rows = read_rows(tmp_path / "cls" / "predictions.jsonl")
+    assert len(rows) == 12  # the whole small test split
+    for row in rows:
+        # The prediction is the answer with the highest constrained score.
+        assert row["prediction"] == max(row["option_logprobs"], key=row["option_logprobs"].get)
+        assert row["free_generation_label"] in (None, "econ.EM", "econ.GN", "econ.TH")
+    saved = json.loads((tmp_path / "cls" / "metrics.json").read_text())
+    again = classification_scores([r["label"] for r in rows], [r["predicted_label"] for r in rows],
+                                  evaluate.LABELS)
+    assert saved["metrics"]["f1_weighted"] == pytest.approx(again["f1_weighted"])
+    assert saved["metrics"]["confusion_matrix"] == again["confusion_matrix"]
+    parsed = [r["free_generation_label"] is not None for r in rows]
+    assert saved["metrics"]["free_generation_parse_rate"] == pytest.approx(sum(parsed) / 12)
+    assert saved["provenance"]["prompt_template"] == CLASSIFY.id
+    assert (tmp_path / "cls" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_one_shot_prompting_uses_a_train_example(tiny_llama, small_corpus, tmp_path):
+    evaluate.evaluate(str(tiny_llama), "classify", small_corpus, tmp_path / "one", limit=3, prompting="one-shot")
+    provenance = json.loads((tmp_path / "one" / "metrics.json").read_text())["provenance"]
+    assert provenance["prompting"] == "one-shot"
+    assert provenance["prompt_template"] == evaluate.ONE_SHOT_CLASSIFY.id
+    train_ids = {json.loads(line)["arxiv_id"] for line in (small_corpus / "train.jsonl").read_text().splitlines()}
+    assert provenance["one_shot_example"] in train_ids
+
+
+def test_one_shot_prompt_shows_the_worked_example_then_the_query():
+    prompt = evaluate.ONE_SHOT_TITLE.render("Prices rise.", "On Inflation", "Wages fall.")
+    assert prompt.endswith("Abstract: Wages fall.\nTitle:")
+    assert "Abstract: Prices rise.\nTitle: On Inflation\n\n" in prompt
+
+
+def test_adapter_eval_records_the_adapter_hash(tiny_llama, small_corpus, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
+    lora = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    evaluate.evaluate(str(tmp_path / "adapter"), "classify", small_corpus, tmp_path / "out", limit=2)
+    model = json.loads((tmp_path / "out" / "metrics.json").read_text())["provenance"]["model"]
+    assert model["kind"] == "adapter" and len(model["adapter_hash"]) == 64
+    assert model["base_model"] == str(tiny_llama)
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("Econometrics", "econ.EM"),
+        ("  theoretical economics.\nmore", "econ.TH"),
+        ("The paper belongs to the General Economics category", "econ.GN"),
+        ("Econometrics or General Economics", None),  # ambiguous
+        ("Economics", None),
+        ("", None),
+    ],
+)
+def test_parse_category(text, label):
+    assert evaluate.parse_category(text) == label
+
+
+def test_first_line():
+    assert evaluate.first_line("\n  A Title \nsecond line") == "A Title"
+    assert evaluate.first_line("") == ""
+
+
+def run_cli(*args):
+    env = {**os.environ, "ECONLM_DATA": os.environ["ECONLM_DATA"]}
+    return subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "--task", "summarise", "--out", "x"], "unknown task 'summarise'"),
+        (["eval", "--task", "title", "--model", "/no/such/model", "--out", "x"], "/no/such/model"),
+        (["eval", "--task", "title", "--model", "no-such-model", "--out", "x"], "unknown model 'no-such-model'"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_code_2(args, message, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_eval_writes_the_files(tiny_llama, small_corpus, tmp_path):
+    result = run_cli("eval", "--model", str(tiny_llama), "--task", "classify", "--corpus", str(small_corpus),
+                     "--limit", "2", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "accuracy=" in result.stdout
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"predictions.jsonl", "metrics.json", "confusion_matrix.png"}
