@@ -202,11 +202,17 @@ def pretrained_source(name_or_path: str | Path) -> str:
 
 
 def adapter_base(adapter_dir: str | Path) -> str:
-    """The base-model reference recorded in an adapter's `adapter_config.json`."""
+    """The base-model reference recorded in an adapter's `adapter_config.json`.
+
+    A reference starting with "./" or "../" is relative to the adapter's folder (an `econlm train`
+    run of a randomly initialised base stores it as "./base"), so the folder can be moved.
+    """
     config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
     base = config.get("base_model_name_or_path")
     if not base:
         raise UserError(f"{adapter_dir}/adapter_config.json: no base_model_name_or_path")
+    if base.startswith(("./", "../")):
+        return str((Path(adapter_dir) / base).resolve())
     return base
 
 

@@ -1,0 +1,7 @@
+"""Fine-tuning: LoRA / QLoRA SFT on the task mix (`trainer`), its data pipeline (`data`),
+crash-safe checkpoints (`checkpoint`), logs and curves (`report`), and adapter merging (`merge`)."""
+
+from econlm.training.merge import merge_run
+from econlm.training.trainer import resume, train
+
+__all__ = ["merge_run", "resume", "train"]

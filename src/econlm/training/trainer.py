@@ -1,0 +1,458 @@
+"""LoRA / QLoRA supervised fine-tuning on a weighted mix of tasks, resumable exactly after a crash.
+
+Why a custom loop on `accelerate` rather than transformers' `Trainer` (or TRL's `SFTTrainer`,
+which is built on it):
+- Crash safety. `Trainer` writes checkpoint files one by one into their final directory, so a
+  kill during a save leaves a half-written checkpoint that `resume_from_checkpoint` will load.
+  Here a checkpoint is built in a temp dir and renamed into place (`checkpoint.py`), and holds
+  only the LoRA weights and optimizer state, not a copy of the frozen base model.
+- Exact resume. The data position is the step number: `Schedule` is a pure function of
+  (seed, step), with no sampler or dataloader-worker state to restore.
+- Speed on CPU. The loss needs the output head only at answer positions (titles and labels are
+  ~5% of the tokens); `logits_to_keep` with a boolean mask skips the rest of the 49k-wide head.
+  `Trainer` computes full logits for every position.
+- `Accelerator` still does what is hard to write by hand: DDP across processes / machines
+  (`accelerate launch`), device placement, gradient sync only on the last micro-batch.
+
+A run directory, when done (and already while training, for the best adapter so far):
+    adapter_config.json, adapter_model.safetensors   the best adapter by validation loss
+    tokenizer files + chat template                  exactly what training rendered prompts with
+    econlm_run.json                                  resolved config, templates, data and base hashes, versions
+    metrics.json, train_log.jsonl, train_curve.png   results
+    checkpoints/step-N/                              resumable state (last K)
+    base/                                            only for `model.random_init` (the debug preset)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from econlm import __version__
+from econlm.config import TrainConfig, validate_config
+from econlm.errors import UserError
+from econlm.io import atomic_dir, atomic_write_json, sha256_file
+from econlm.training.checkpoint import (
+    checkpoint_dirs,
+    load_checkpoint,
+    remove_partial_saves,
+    save_checkpoint,
+)
+from econlm.training.data import Encoded, Schedule, answer_loss_sum, collate, encode_all, micro_batches
+from econlm.training.report import TRAIN_CURVE, TrainLog, plot_curve
+
+RUN_FILE = "econlm_run.json"
+METRICS_FILE = "metrics.json"
+BASE_DIR = "base"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def check_environment(config: TrainConfig) -> None:
+    """Fail early, in one line, when the config needs CUDA + bitsandbytes and this machine lacks them."""
+    import torch
+
+    needs = []
+    if config.model.quantization == "nf4":
+        needs.append("model.quantization=nf4")
+    if config.train.optimizer.startswith("paged"):
+        needs.append(f"train.optimizer={config.train.optimizer}")
+    if not needs:
+        return
+    missing = [what for what, ok in (("CUDA", torch.cuda.is_available()),
+                                     ("bitsandbytes", importlib.util.find_spec("bitsandbytes") is not None)) if not ok]
+    if missing:
+        raise UserError(
+            f"{' and '.join(needs)} needs a CUDA GPU and bitsandbytes (missing here: {', '.join(missing)}): "
+            "run it on a CUDA machine after pip install 'econlm[gpu]'"
+        )
+
+
+def autocast_dtype(config: TrainConfig, device_type: str):
+    """bf16 for autocast where the hardware computes it natively (or when asked), else None (fp32)."""
+    import torch
+
+    from econlm.models import cpu_has_bf16
+
+    precision = config.model.precision
+    if precision == "fp32":
+        return None
+    if precision == "bf16-autocast":
+        return torch.bfloat16
+    if device_type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device_type == "cpu" and cpu_has_bf16() else None
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "econlm": __version__}
+    for dist in ("torch", "transformers", "peft", "accelerate", "bitsandbytes"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return versions
+
+
+# --------------------------------------------------------------------------- data
+
+
+def training_examples(config: TrainConfig) -> tuple[dict[str, list], dict[str, list], dict[str, Any]]:
+    """(train examples per task, fixed validation subset per task, data provenance) from the corpus.
+
+    Built with the same functions as `econlm data build` (leak filter, templates, seeded order),
+    so the examples equal a built dataset's `<task>/train.jsonl` for the same seed.
+    """
+    from econlm.data.build import drop_leaks, paper_examples, qa_examples
+    from econlm.data.corpus import load_corpus, split_files
+    from econlm.paths import default_corpus
+    from econlm.types import QAPair
+
+    corpus_dir = Path(config.data.corpus) if config.data.corpus else default_corpus()
+    corpus = load_corpus(corpus_dir)
+    train_papers, leaks = drop_leaks(corpus)
+    pairs = list(QAPair.read_jsonl(config.data.qa_file)) if config.data.qa_file else []
+    train: dict[str, list] = {}
+    validation: dict[str, list] = {}
+    for task in config.data.tasks:
+        if task == "qa":
+            train[task] = qa_examples(pairs, train_papers, "train")
+            validation[task] = qa_examples(pairs, corpus["validation"], "validation")
+        else:
+            train[task] = paper_examples(task, train_papers, "train")
+            validation[task] = paper_examples(task, corpus["validation"], "validation")
+        random.Random(f"{config.train.seed}-{task}").shuffle(train[task])
+        train[task] = train[task][: config.data.max_train_examples_per_task]
+        validation[task] = validation[task][: config.data.val_examples_per_task]
+        if not train[task] or not validation[task]:
+            raise UserError(f"{corpus_dir}: no {task} examples in the train or validation split")
+    provenance = {
+        "corpus": str(corpus_dir.resolve()),
+        "corpus_sha256": {split: sha256_file(path) for split, path in split_files(corpus_dir).items()},
+        "qa_file_sha256": sha256_file(config.data.qa_file) if config.data.qa_file else None,
+        "train_papers_dropped_as_leaks": leaks,
+    }
+    return train, validation, provenance
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _random_base(config: TrainConfig, tokenizer, folder: Path) -> None:
+    """Save a seeded, randomly initialised LLaMA of the configured shape (+ tokenizer) to `folder`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shape = config.model.random_init
+    torch.manual_seed(config.train.seed)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=max(2048, config.data.max_length),
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **shape.model_dump(),
+    ))
+    with atomic_dir(folder) as tmp:
+        llama.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+def base_reference(config: TrainConfig, run_dir: Path) -> tuple[str, Path | str]:
+    """(reference stored in adapter_config.json, what `from_pretrained` loads).
+
+    A random base lives in RUN_DIR/base and is recorded as "./base", which
+    `econlm.models.adapter_base` resolves against the adapter's folder.
+    """
+    from econlm.models import pretrained_source
+
+    if config.model.random_init is not None:
+        return f"./{BASE_DIR}", run_dir / BASE_DIR
+    return config.model.base, pretrained_source(config.model.base)
+
+
+def build_model(config: TrainConfig, source: Path | str, base_ref: str, device_index: int):
+    """The base model (fp32, or 4-bit NF4 for QLoRA) with fresh LoRA adapters on it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if config.model.quantization == "nf4":
+        from econlm.models import nf4_config
+
+        kwargs = {"dtype": torch.bfloat16, "quantization_config": nf4_config("bfloat16"), "device_map": {"": device_index}}
+    model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
+    if config.model.quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.model.gradient_checkpointing)
+    elif config.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    torch.manual_seed(config.train.seed)  # LoRA initialisation
+    lora = config.lora
+    model = get_peft_model(model, LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    ))
+    model.peft_config["default"].base_model_name_or_path = base_ref
+    return model
+
+
+def build_optimizer(config: TrainConfig, model, total_steps: int):
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    settings = config.train
+    if settings.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    else:
+        import bitsandbytes as bnb
+
+        cls = bnb.optim.PagedAdamW8bit if settings.optimizer == "paged_adamw_8bit" else bnb.optim.PagedAdamW32bit
+        optimizer = cls(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total_steps), total_steps)
+    return optimizer, scheduler
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def validation_loss(model, sets: dict[str, list[Encoded]], token_budget: int, pad_id: int, amp_dtype, device) -> dict[str, float]:
+    """Mean cross-entropy per answer token, per task (padded batches; independent of `batching`)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    losses = {}
+    with torch.no_grad():
+        for task, items in sets.items():
+            total, count = 0.0, 0
+            for batch in micro_batches(items, token_budget, packed=False):
+                tensors = {k: v.to(device) for k, v in collate(batch, False, pad_id).items()}
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    total += answer_loss_sum(model, tensors).item()
+                count += sum(e.n_labels for e in batch)
+            losses[task] = total / count
+    model.train(was_training)
+    return losses
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Run:
+    """One training run in one run directory; `fit()` trains from scratch or from the latest checkpoint."""
+
+    def __init__(self, config: TrainConfig, run_dir: Path, resuming: bool, progress: bool = True):
+        self.config = config
+        self.run_dir = run_dir
+        self.resuming = resuming
+        self.progress = progress
+        self.log = TrainLog(run_dir)
+
+    def _write_run_file(self, tokenizer, base_ref: str, base_hash: str, data: dict, schedule: Schedule,
+                        counts: dict, amp_dtype, world_size: int) -> None:
+        from econlm.data.templates import TEMPLATES
+
+        atomic_write_json(self.run_dir / RUN_FILE, {
+            "econlm_version": __version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": self.config.model_dump(mode="json"),
+            "seed": self.config.train.seed,
+            "base_model": base_ref,
+            "base_model_hash": base_hash,
+            "templates": {task: TEMPLATES[task].id for task in self.config.data.tasks},
+            "chat_template_sha256": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest(),
+            "data": {**data, "encoded": counts},
+            "schedule": {"examples_per_epoch": schedule.epoch_size, "steps_per_epoch": schedule.steps_per_epoch,
+                         "total_steps": schedule.total_steps},
+            "precision": "bf16-autocast" if amp_dtype is not None else "fp32",
+            "world_size": world_size,
+            "versions": library_versions(),
+        })
+
+    def _check_same_run(self, data: dict, world_size: int) -> None:
+        """Resuming must see the data and process count the run started with, or it is not exact."""
+        recorded = json.loads((self.run_dir / RUN_FILE).read_text())
+        for key in ("corpus_sha256", "qa_file_sha256"):
+            if recorded["data"].get(key) != data.get(key):
+                raise UserError(f"{self.run_dir}: the training data changed since the run started ({key}); resume needs the same corpus")
+        if recorded["world_size"] != world_size:
+            raise UserError(f"{self.run_dir}: started with {recorded['world_size']} process(es), resumed with {world_size}; use the same launch")
+
+    def _save_best_adapter(self, model) -> None:
+        """Copy the current adapter to the run directory's top level, each file atomically."""
+        staging = self.run_dir / ".best-adapter.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
+        for name in ADAPTER_FILES:
+            os.replace(staging / name, self.run_dir / name)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _write_metrics(self, state: dict, schedule: Schedule, finished: bool) -> None:
+        rows = self.log.rows()
+        train_rows = [r for r in rows if "loss" in r]
+        last = train_rows[-max(1, min(len(train_rows), 10)):]
+        atomic_write_json(self.run_dir / METRICS_FILE, {
+            "finished": finished,
+            "steps_done": state["step"],
+            "total_steps": schedule.total_steps,
+            "epochs_done": round(schedule.epoch_of(state["step"]), 3),
+            "best_step": state["best_step"],
+            "best_val_loss_mean": state["best_val_loss"],
+            "best_val_loss": state["best_val_loss_per_task"],
+            "final_train_loss_last10": sum(r["loss"] for r in last) / len(last) if last else None,
+            "train_seconds": round(state["train_seconds"], 1),
+            "train_tokens": state["train_tokens"],
+            "tokens_per_s": round(state["train_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
+            "seconds_per_step": round(state["train_seconds"] / state["step"], 3) if state["step"] else None,
+        })
+        plot_curve(rows, self.run_dir / TRAIN_CURVE, state["best_step"])
+
+    def fit(self) -> Path:
+        import torch
+        from accelerate import Accelerator
+        from tqdm.auto import tqdm
+
+        from econlm.models import load_tokenizer, model_hash
+
+        config, run_dir = self.config, self.run_dir
+        check_environment(config)
+        accelerator = Accelerator()
+        main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
+        device = accelerator.device
+        if config.train.batch_size < world:
+            raise UserError(f"train.batch_size ({config.train.batch_size}) must be at least the number of processes ({world})")
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+        tokenizer = load_tokenizer(config.model.base)
+        train_sets, val_sets, data = training_examples(config)
+        encoded, counts = encode_all([e for items in train_sets.values() for e in items], tokenizer, config.data.max_length)
+        val_encoded = {task: encode_all(items, tokenizer, config.data.max_length)[0] for task, items in val_sets.items()}
+        settings = config.train
+        schedule = Schedule(encoded, config.data.tasks, settings.batch_size, settings.seed, settings.epochs, settings.max_steps)
+        amp_dtype = autocast_dtype(config, device.type)
+
+        base_ref, source = base_reference(config, run_dir)
+        if self.resuming:
+            self._check_same_run(data, world)
+        if main:
+            if config.model.random_init is not None and not (run_dir / BASE_DIR / "config.json").is_file():
+                _random_base(config, tokenizer, run_dir / BASE_DIR)
+            if not self.resuming:
+                tokenizer.save_pretrained(run_dir)
+                self._write_run_file(tokenizer, base_ref, model_hash(source), data, schedule, counts, amp_dtype, world)
+            remove_partial_saves(run_dir)
+        accelerator.wait_for_everyone()
+
+        model = build_model(config, source, base_ref, accelerator.local_process_index)
+        optimizer, scheduler = build_optimizer(config, model, schedule.total_steps)
+        model = accelerator.prepare_model(model)
+        unwrapped = accelerator.unwrap_model(model)
+
+        state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best_step": None, "best_val_loss_per_task": None,
+                                 "train_seconds": 0.0, "train_tokens": 0}
+        if self.resuming and (found := checkpoint_dirs(run_dir)):
+            step, path = found[-1]
+            state = load_checkpoint(path, unwrapped, optimizer, scheduler)
+            if main:
+                print(f"resuming from {path} (step {step} of {schedule.total_steps})", file=sys.stderr)
+        if main:
+            self.log.rewind(state["step"])
+        if state.get("finished"):
+            if main:
+                print(f"{run_dir}: training already finished at step {state['step']}", file=sys.stderr)
+            return run_dir
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        packed = settings.batching == "packed"
+        clip = settings.max_grad_norm or float("inf")
+        bar = tqdm(total=schedule.total_steps, initial=state["step"], unit="step", desc="train",
+                   disable=not (self.progress and main), dynamic_ncols=True)
+        model.train()
+        for step in range(state["step"], schedule.total_steps):
+            started = time.perf_counter()
+            step_items = schedule.step_examples(step)
+            n_labels = sum(e.n_labels for e in step_items)
+            step_tokens = sum(len(e.input_ids) for e in step_items)
+            batches = micro_batches(step_items, settings.micro_batch_tokens, packed, rank, world)
+            loss_sum = torch.zeros((), device=device)
+            for i, batch in enumerate(batches):
+                tensors = {k: v.to(device) for k, v in collate(batch, packed, tokenizer.pad_token_id).items()}
+                sync = i == len(batches) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        batch_loss = answer_loss_sum(model, tensors)
+                    # DDP averages gradients over processes; scaling by `world` makes the result the
+                    # mean over every answer token of the step, however the step was split.
+                    accelerator.backward(batch_loss * world / n_labels)
+                loss_sum += batch_loss.detach()
+            grad_norm = accelerator.clip_grad_norm_(params, clip)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = accelerator.reduce(loss_sum, "sum").item() / n_labels
+            seconds = time.perf_counter() - started
+            done = step + 1
+            state.update(step=done, train_seconds=state["train_seconds"] + seconds,
+                         train_tokens=state["train_tokens"] + step_tokens)
+            if main and (done % settings.log_every == 0 or done == schedule.total_steps):
+                self.log.append({"step": done, "epoch": round(schedule.epoch_of(done), 4), "loss": step_loss, "lr": lr,
+                                 "grad_norm": float(grad_norm), "tokens": step_tokens, "seconds": round(seconds, 3),
+                                 "tokens_per_s": round(step_tokens / seconds, 1)})
+            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
+            bar.update(1)
+
+            last = done == schedule.total_steps
+            if done % settings.eval_every == 0 or last:
+                val = validation_loss(unwrapped, val_encoded, settings.micro_batch_tokens, tokenizer.pad_token_id, amp_dtype, device)
+                mean = sum(val.values()) / len(val)
+                improved = state["best_val_loss"] is None or mean < state["best_val_loss"]
+                if improved:
+                    state.update(best_val_loss=mean, best_step=done, best_val_loss_per_task=val)
+                if main:
+                    if improved:
+                        self._save_best_adapter(unwrapped)
+                    self.log.append({"step": done, "val_loss": val, "val_loss_mean": mean, "best": improved})
+                    self._write_metrics(state, schedule, finished=False)
+                bar.set_postfix(loss=f"{step_loss:.3f}", val=f"{mean:.3f}", refresh=False)
+            if done % settings.checkpoint_every == 0 or last:
+                state["finished"] = last
+                if main:
+                    save_checkpoint(run_dir, done, unwrapped, optimizer, scheduler, state, settings.keep_checkpoints)
+                accelerator.wait_for_everyone()
+        bar.close()
+        if main:
+            self._write_metrics(state, schedule, finished=True)
+        accelerator.wait_for_everyone()
+        return run_dir
+
+
+def train(config: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
+    """Train a new run into `run_dir` (which must not hold a run yet)."""
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_FILE).exists():
+        raise UserError(f"{run_dir}: already holds a run; continue it with `econlm train --resume {run_dir}` or choose another --out")
+    return Run(config, run_dir, resuming=False, progress=progress).fit()
+
+
+def resume(run_dir: str | Path, progress: bool = True) -> Path:
+    """Continue a run from its latest complete checkpoint, with the config it started with."""
+    run_dir = Path(run_dir)
+    record = run_dir / RUN_FILE
+    if not record.is_file():
+        raise UserError(f"{run_dir}: not an econlm run directory (no {RUN_FILE})")
+    config = validate_config(json.loads(record.read_text())["config"], str(record))
+    return Run(config, run_dir, resuming=True, progress=progress).fit()

@@ -1,0 +1,125 @@
+"""Crash safety: SIGKILL a training process mid-run and mid-checkpoint-save, resume, finish; the
+result equals an uninterrupted run and no partial checkpoint is ever loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from econlm.config import load_config
+from econlm.training import train
+from econlm.training.checkpoint import PAUSE_ENV
+
+OVERRIDES = ["train.max_steps=8", "train.checkpoint_every=2", "train.eval_every=3", "train.keep_checkpoints=2"]
+
+
+def _launch(args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(extra_env or {})}
+    with log.open("a") as fh:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "econlm.cli", "train", *args], stdout=fh, stderr=fh, env=env)
+
+
+def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"training exited ({proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"kill point not reached in {timeout}s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _logged_steps(run: Path) -> list[int]:
+    path = run / "train_log.jsonl"
+    if not path.is_file():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in row:
+            steps.append(row["step"])
+    return steps
+
+
+def _partial_saves(run: Path) -> list[Path]:
+    return [p for p in (run / "checkpoints").glob(".step-*.tmp") if (p / "adapter_model.safetensors").is_file()]
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    left, right = load_file(str(a)), load_file(str(b))
+    assert left.keys() == right.keys()
+    for key in left:
+        torch.testing.assert_close(left[key], right[key], atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(small_corpus, tmp_path):
+    reference = train(load_config("debug", [f"data.corpus={small_corpus}", *OVERRIDES]), tmp_path / "reference",
+                      progress=False)
+
+    run, log = tmp_path / "killed", tmp_path / "train.log"
+    sets = [arg for o in OVERRIDES for arg in ("--set", o)]
+    # 1. SIGKILL in the middle of the run, after the step-2 checkpoint.
+    proc = _launch(["--config", "debug", "--corpus", str(small_corpus), *sets, "--out", str(run)], log)
+    _wait_for(lambda: max(_logged_steps(run), default=0) >= 3, proc, log)
+    _kill(proc)
+    assert (run / "checkpoints" / "step-2" / "trainer_state.json").is_file()
+    assert not (run / "metrics.json").is_file() or not json.loads((run / "metrics.json").read_text())["finished"]
+
+    # 2. Resume, and SIGKILL it inside its first checkpoint save (the test hook pauses the save
+    #    after the adapter weights are written, before the optimizer state).
+    completed_before = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+    proc = _launch(["--resume", str(run)], log, {PAUSE_ENV: "600"})
+    _wait_for(lambda: bool(_partial_saves(run)), proc, log)
+    _kill(proc)
+    partial = _partial_saves(run)[0]
+    interrupted_step = int(partial.name.split(".")[1].split("-")[1])
+    assert interrupted_step > max(completed_before)
+    assert not (run / "checkpoints" / f"step-{interrupted_step}").exists()  # never visible under its final name
+    assert not (partial / "optimizer.pt").exists()
+
+    # 3. Resume to the end: it continues from the last complete checkpoint and drops the partial one.
+    proc = _launch(["--resume", str(run)], log)
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"resuming from {run / 'checkpoints' / f'step-{max(completed_before)}'}" in text
+    assert not list((run / "checkpoints").glob(".*.tmp"))
+
+    # Same adapter (best and last), same per-step losses and the same metrics as the uninterrupted run.
+    _assert_same_weights(run / "adapter_model.safetensors", reference / "adapter_model.safetensors")
+    _assert_same_weights(run / "checkpoints" / "step-8" / "adapter_model.safetensors",
+                         reference / "checkpoints" / "step-8" / "adapter_model.safetensors")
+    rows = [json.loads(l) for l in (run / "train_log.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(l) for l in (reference / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [r["step"] for r in ref_rows]  # no step logged twice or skipped
+    for got, want in zip(rows, ref_rows):
+        if "loss" in want:
+            assert got["loss"] == pytest.approx(want["loss"], abs=1e-5)
+        else:
+            assert got["val_loss_mean"] == pytest.approx(want["val_loss_mean"], abs=1e-5)
+    metrics, ref_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run, reference))
+    assert metrics["finished"] and metrics["best_step"] == ref_metrics["best_step"]
+    assert metrics["train_tokens"] == ref_metrics["train_tokens"]
+
+    # Resuming a finished run does nothing.
+    proc = _launch(["--resume", str(run)], log)
+    assert proc.wait(timeout=300) == 0
+    assert "already finished" in log.read_text()
