@@ -82,3 +82,53 @@ def datasheet(qa_file, notes, examples, seed, out) -> None:
 
     write_datasheet(qa_file, out, notes=notes, n_examples=examples, seed=seed)
     click.echo(f"wrote {out}")
+
+
+@qa.command("eval")
+@corpus_option
+@click.option("--model", default="econlm", show_default=True,
+              help="'econlm' (shipped adapter), an adapter or run dir, a packaged name, a HF folder, a .gguf or a hub id.")
+@click.option("--qa-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Q&A JSONL with reference answers [default: the committed data/qa/econ-qa.jsonl].")
+@click.option("--split", default="test", show_default=True, help="Score the pairs of this split's papers.")
+@click.option("--limit", type=int, default=None, help="Score a seeded random subset of N pairs.")
+@click.option("--mmlu-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="MMLU CSVs <subject>_{dev,val}.csv [default: ../shared/data/mmlu-econ].")
+@click.option("--no-mmlu", is_flag=True, help="Skip the MMLU-econ multiple-choice check.")
+@click.option("--shots", default=5, show_default=True, help="MMLU worked examples from each subject's dev file.")
+@click.option("--batch-size", default=16, show_default=True, help="Examples per forward pass.")
+@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16.")
+@click.option("--max-new-tokens", default=96, show_default=True, help="Answer length limit.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the --limit subset.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
+def eval_qa(corpus, model, qa_file, split, limit, mmlu_dir, no_mmlu, shots, batch_size, dtype, max_new_tokens, seed,
+            out) -> None:
+    """Evaluate a model on economics Q&A and MMLU-econ (also `econlm eval --task qa`).
+
+    Reads the Q&A file (pairs of CORPUS/<split>.jsonl papers only), the MMLU CSVs and the model;
+    writes OUT/predictions.jsonl, OUT/mmlu_predictions.jsonl, OUT/mmlu.png and OUT/metrics.json:
+    token F1, exact match and ROUGE-L F (rouge-score, stemmer) of closed-book answers against the
+    references, and MMLU 5-shot accuracy by log-likelihood of the letters and of the option texts.
+    """
+    from econlm.backends import Decoding
+    from econlm.models import resolve
+    from econlm.qa.eval import DEFAULT_QA_FILE, evaluate_qa
+
+    resolve(model)  # an unknown or missing model fails here, before anything is loaded
+    report = evaluate_qa(model, out, resolve_corpus(corpus), qa_file or DEFAULT_QA_FILE, split=split, limit=limit,
+                         mmlu_dir="" if no_mmlu else mmlu_dir, shots=shots, batch_size=batch_size, dtype=dtype,
+                         decoding=Decoding(max_new_tokens=max_new_tokens), seed=seed)
+    echo_qa_report(report, out)
+
+
+def echo_qa_report(report, out: Path) -> None:
+    """The headline numbers of a Q&A report (shared with `econlm eval --task qa`)."""
+    metrics = report.metrics
+    click.echo(f"qa (n={metrics['n']}): token_f1={metrics['token_f1']:.4f}  rougeL_f={metrics['rougeL_f']:.4f}  "
+               f"exact_match={metrics['exact_match']:.4f}")
+    if "mmlu_accuracy" in metrics:
+        low, high = metrics["mmlu_accuracy_ci95"]
+        click.echo(f"mmlu-econ (n={metrics['mmlu_n']}, {metrics['mmlu']['shots']}-shot): "
+                   f"accuracy={metrics['mmlu_accuracy']:.4f} [{low:.2f}, {high:.2f}]  "
+                   f"option-text accuracy={metrics['mmlu_accuracy_option_text']:.4f}")
+    click.echo(f"wrote {out}/metrics.json and predictions ({report.provenance['seconds']:.0f}s)")

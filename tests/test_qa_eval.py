@@ -1,0 +1,65 @@
+"""Q&A evaluation: metrics on hand-computed values, and `econlm qa eval` end to end on a tiny random
+LLaMA (test-split pairs only, MMLU included)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from econlm.metrics import qa_scores
+from econlm.qa.eval import evaluate_qa, first_paragraph, load_qa_pairs
+from econlm.types import QAPair
+from test_mmlu import write_mmlu
+from test_qa_synthesize import make_corpus
+
+
+def test_qa_metrics_hand_computed():
+    predictions = ["emissions fall by 8 percent", "Yes.", "The reserve price."]
+    references = ["emissions fall 8 percent after the tax", "No.", "reserve price"]
+    scores = qa_scores(predictions, references)
+    # 1: SQuAD tokens (articles dropped) share 4 of 5 predicted / 6 reference words: F1 = 8/11.
+    #    ROUGE-L (stemmed, articles kept): LCS 4 of 5 / 7 -> F = 2/3.
+    # 2: nothing in common. 3: equal after normalisation; ROUGE-L LCS 2 of 3 / 2 -> F = 0.8.
+    assert scores["token_f1"] == pytest.approx((8 / 11 + 0 + 1) / 3)
+    assert scores["exact_match"] == pytest.approx(1 / 3)
+    assert scores["rougeL_f"] == pytest.approx((2 / 3 + 0 + 0.8) / 3)
+
+
+def test_first_paragraph():
+    assert first_paragraph("\n  Emissions fall.\nBy 8 percent.\n\nAs an AI model ...") == "Emissions fall.\nBy 8 percent."
+
+
+def write_pairs(path, corpus):
+    rows = [
+        QAPair(source_id="2101.00001", question="How do carbon taxes affect emissions in Sweden?",
+               answer="Emissions fall by 8 percent.", split="test"),
+        QAPair(source_id="2101.00003", question="What do reserve prices do in first-price auctions?",
+               answer="They raise revenue.", split="test"),
+        QAPair(source_id="2001.00001", question="A train question about trade?", answer="Train answer.", split="train"),
+    ]
+    QAPair.write_jsonl(path, rows)
+    return path
+
+
+def test_qa_eval_end_to_end(tiny_llama, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    qa_file = write_pairs(tmp_path / "qa.jsonl", corpus)
+    assert [p.source_id for p in load_qa_pairs(qa_file, corpus)] == ["2101.00001", "2101.00003"]
+
+    out = tmp_path / "eval"
+    report = evaluate_qa(str(tiny_llama), out, corpus, qa_file, mmlu_dir=write_mmlu(tmp_path / "mmlu"),
+                         batch_size=2)
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [p["reference"] for p in predictions] == ["Emissions fall by 8 percent.", "They raise revenue."]
+    assert report.metrics["n"] == 2
+    assert report.metrics["token_f1"] == pytest.approx(sum(p["token_f1"] for p in predictions) / 2)
+    assert report.metrics["mmlu_n"] == 6 and 0 <= report.metrics["mmlu_accuracy"] <= 1
+    assert report.provenance["prompt_template"] == "econ-qa@1"
+    assert (out / "mmlu.png").stat().st_size > 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["primary_metric"] == "token_f1" and saved["metrics"]["mmlu"]["per_subject"]
+
+    no_mmlu = evaluate_qa(str(tiny_llama), tmp_path / "eval2", corpus, qa_file, mmlu_dir="", batch_size=2)
+    assert "mmlu_accuracy" not in no_mmlu.metrics
+    assert not (tmp_path / "eval2" / "mmlu_predictions.jsonl").exists()
