@@ -80,3 +80,21 @@ def baselines(corpus, only, train_limit, test_limit, rnn_epochs, minilm_epochs, 
         click.echo(f"{name:14s} accuracy={row['accuracy']:.4f}  f1_weighted={row['f1_weighted']:.4f}  "
                    f"f1_macro={row['f1_macro']:.4f}  ({row['seconds']:.0f}s)")
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--title", default="econlm vs the LLaMA-2-Econ study", show_default=True, help="Report heading.")
+@click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Markdown file with notes to put at the top of the report.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report directory.")
+def report(run_dirs, title, notes, out):
+    """Tables 1 and 2 of the study with our numbers beside the published ones.
+
+    Reads RUN_DIRS (outputs of `econlm eval` and `econlm baselines`); writes OUT/report.md,
+    OUT/table1.png, OUT/table2.png, OUT/results.json, OUT/provenance.json and OUT/confusion/*.png.
+    """
+    from econlm.report import write_report
+
+    path = write_report(list(run_dirs), out, title=title, notes=notes.read_text(encoding="utf-8") if notes else None)
+    click.echo(f"wrote {path}")

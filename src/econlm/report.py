@@ -1,0 +1,335 @@
+"""`econlm report`: the study's Tables 1 and 2 with our numbers beside the published ones.
+
+Reads evaluation run directories (`econlm eval` output: metrics.json [+ predictions.jsonl]) and
+baseline directories (`econlm baselines` output: one sub-directory per baseline) and writes
+OUT/report.md, OUT/table1.png, OUT/table2.png, OUT/results.json (the tables as data),
+OUT/provenance.json and the confusion matrices under OUT/confusion/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from econlm.errors import UserError
+from econlm.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+
+# The published numbers of the LLaMA-2-Econ study (LLaMA-2-7B + QLoRA on arXiv econ.EM/GN/TH
+# abstracts; 350 test papers), Tables 1 and 2, as quoted in the project's DESIGN.md.
+# Table 1's BLEU is on a 0-1 scale (our "sentence_bleu_mean"); Table 2's precision, recall and F1
+# are read as weighted averages.
+STUDY: dict[str, dict[str, dict[str, float]]] = {
+    "title": {
+        "LLaMA-2 (base)": {"bleu": 0.09, "rouge1": 0.31, "rouge2": 0.14, "rougeL": 0.28},
+        "LLaMA-2-Econ (fine-tuned)": {"bleu": 0.12, "rouge1": 0.40, "rouge2": 0.19, "rougeL": 0.37},
+        "GPT-Neo (one-shot)": {"bleu": 0.03, "rouge1": 0.19, "rouge2": 0.05, "rougeL": 0.17},
+        "OPT (one-shot)": {"bleu": 0.06, "rouge1": 0.25, "rouge2": 0.10, "rougeL": 0.22},
+    },
+    "classify": {
+        "Decision tree": {"accuracy": 0.7714, "precision": 0.7191, "recall": 0.7714, "f1": 0.7139},
+        "KNN": {"accuracy": 0.7857, "precision": 0.7879, "recall": 0.7857, "f1": 0.7881},
+        "LLaMA-2-Econ": {"accuracy": 0.8800, "precision": 0.8822, "recall": 0.8800, "f1": 0.8801},
+        "Logistic regression": {"accuracy": 0.8543, "precision": 0.8553, "recall": 0.8543, "f1": 0.8547},
+        "Random forest": {"accuracy": 0.8543, "precision": 0.8577, "recall": 0.8543, "f1": 0.8545},
+        "SVC": {"accuracy": 0.8571, "precision": 0.8593, "recall": 0.8571, "f1": 0.8578},
+        "XGBoost": {"accuracy": 0.8271, "precision": 0.8277, "recall": 0.8286, "f1": 0.8276},
+        "RNN": {"accuracy": 0.8057, "precision": 0.8098, "recall": 0.8029, "f1": 0.8077},
+        "LSTM": {"accuracy": 0.8143, "precision": 0.8166, "recall": 0.8143, "f1": 0.8152},
+    },
+}
+# Our metric names for the study's columns.
+TITLE_COLUMNS = {"bleu": "sentence_bleu_mean", "rouge1": "rouge1_f", "rouge2": "rouge2_f", "rougeL": "rougeL_f"}
+CLASSIFY_COLUMNS = {"accuracy": "accuracy", "precision": "precision_weighted", "recall": "recall_weighted",
+                    "f1": "f1_weighted"}
+BASELINE_STUDY_ROW = {"logreg": "Logistic regression", "knn": "KNN", "random_forest": "Random forest",
+                      "xgboost": "XGBoost", "decision_tree": "Decision tree", "svc": "SVC", "rnn": "RNN", "lstm": "LSTM"}
+BASELINE_INPUT = {"rnn": "abstract as word ids", "lstm": "abstract as word ids",
+                  "minilm": "abstract as MiniLM WordPiece tokens (max_len in settings)"}
+BASELINE_INPUT.update({name: "abstract as TF-IDF 1-2-grams" for name in BASELINE_STUDY_ROW if name not in BASELINE_INPUT})
+# Targets for the fine-tuned econlm model (the study's fine-tuned row, and beating its own base).
+TARGETS = {"title": {"rouge1_f": 0.40, "rougeL_f": 0.37}, "classify": {"accuracy": 0.88, "f1_weighted": 0.88}}
+
+
+@dataclass
+class Run:
+    """One scored model on one task, read from a run directory."""
+
+    path: Path
+    task: str
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+    label: str = ""
+    role: str = ""  # "fine-tuned" | "base" | "one-shot" | "baseline"
+    study_row: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _describe(run: Run) -> None:
+    """Fill in the row label, the role, and the study row it sits beside."""
+    prov = run.provenance
+    if "baseline" in prov:
+        run.role = "baseline"
+        run.label = prov.get("display_name", prov["baseline"])
+        run.study_row = BASELINE_STUDY_ROW.get(prov["baseline"])
+        return
+    model = prov.get("model", {})
+    base = str(model.get("base_model", "?"))
+    base_name = Path(base).name if "/" in base and Path(base).exists() else base
+    if model.get("kind") == "adapter":
+        run.role = "fine-tuned"
+        run.label = f"econlm: {base_name} + LoRA ({Path(model.get('model_ref', '')).name or 'adapter'})"
+        run.study_row = "LLaMA-2-Econ (fine-tuned)" if run.task == "title" else "LLaMA-2-Econ"
+    elif prov.get("prompting") == "one-shot":
+        run.role = "one-shot"
+        run.label = f"{base_name} (one-shot)"
+    else:
+        run.role = "base"
+        run.label = f"{base_name} (base, zero-shot)"
+        run.study_row = "LLaMA-2 (base)" if run.task == "title" else None
+
+
+def collect_runs(run_dirs: list[str | Path]) -> list[Run]:
+    """Every metrics.json in the given directories (and their immediate sub-directories)."""
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: no such run directory")
+        found = sorted([run_dir / "metrics.json"] if (run_dir / "metrics.json").is_file() else run_dir.glob("*/metrics.json"))
+        if not found:
+            raise UserError(f"{run_dir}: no metrics.json here or one level below (an `econlm eval` or `econlm baselines` output)")
+        for path in found:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("task") not in ("title", "classify"):
+                continue
+            run = Run(path.parent, data["task"], data["metrics"], data.get("provenance", {}))
+            _describe(run)
+            runs.append(run)
+    return runs
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _subset_note(run: Run) -> str:
+    n = run.metrics.get("n")
+    return f"{n}" if run.provenance.get("limit") is None and run.provenance.get("settings", {}).get("test_limit") is None else f"{n} (subset)"
+
+
+def table1(runs: list[Run]) -> tuple[str, list[dict]]:
+    """Title generation: study rows, each followed by our rows beside it."""
+    ours = [r for r in runs if r.task == "title"]
+    groups = [
+        (["LLaMA-2 (base)"], [r for r in ours if r.role == "base"]),
+        (["LLaMA-2-Econ (fine-tuned)"], [r for r in ours if r.role == "fine-tuned"]),
+        (["GPT-Neo (one-shot)", "OPT (one-shot)"], [r for r in ours if r.role == "one-shot"]),
+    ]
+    lines = ["| Model | Source | BLEU (0-1) | ROUGE-1 | ROUGE-2 | ROUGE-L | sacreBLEU corpus | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for study_rows, our_runs in groups:
+        for name in study_rows:
+            s = STUDY["title"][name]
+            lines.append(f"| {name} | study | {s['bleu']:.2f} | {s['rouge1']:.2f} | {s['rouge2']:.2f} | {s['rougeL']:.2f} | — | 350 |")
+            rows.append({"model": name, "source": "study", **s})
+        if not our_runs and study_rows[0].startswith("LLaMA-2-Econ"):
+            lines.append("| econlm (fine-tuned) | **ours: pending** | — | — | — | — | — | — |")
+        for r in our_runs:
+            m = r.metrics
+            lines.append(f"| {r.label} | ours | {_fmt(m['sentence_bleu_mean'], 3)} | {_fmt(m['rouge1_f'], 3)} | "
+                         f"{_fmt(m['rouge2_f'], 3)} | {_fmt(m['rougeL_f'], 3)} | {_fmt(m['sacrebleu_corpus'], 2)} | {_subset_note(r)} |")
+            rows.append({"model": r.label, "source": "ours", "study_row": r.study_row,
+                         **{k: m[v] for k, v in TITLE_COLUMNS.items()}, "sacrebleu_corpus": m["sacrebleu_corpus"], "n": m["n"]})
+    return "\n".join(lines), rows
+
+
+def table2(runs: list[Run]) -> tuple[str, list[dict]]:
+    """Classification: the study's rows in its order, ours beside each, then rows beyond the study."""
+    ours = [r for r in runs if r.task == "classify"]
+    lines = ["| Model | Source | Accuracy | Precision (w) | Recall (w) | F1 (w) | F1 (macro) | free-gen parse rate | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    rows = []
+
+    def add_ours(r: Run) -> None:
+        m = r.metrics
+        parse = m.get("free_generation_parse_rate")
+        lines.append(f"| {r.label} | ours | {_fmt(m['accuracy'])} | {_fmt(m['precision_weighted'])} | "
+                     f"{_fmt(m['recall_weighted'])} | {_fmt(m['f1_weighted'])} | {_fmt(m['f1_macro'])} | "
+                     f"{_fmt(parse, 3) if parse is not None else 'n/a'} | {_subset_note(r)} |")
+        rows.append({"model": r.label, "source": "ours", "study_row": r.study_row,
+                     **{k: m[v] for k, v in CLASSIFY_COLUMNS.items()}, "f1_macro": m["f1_macro"],
+                     "free_generation_parse_rate": parse, "n": m["n"]})
+
+    for name, s in STUDY["classify"].items():
+        lines.append(f"| {name} | study | {s['accuracy']:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | — | — | 350 |")
+        rows.append({"model": name, "source": "study", **s})
+        beside = [r for r in ours if r.study_row == name]
+        if not beside and name == "LLaMA-2-Econ":
+            lines.append("| econlm (fine-tuned) | **ours: pending** | — | — | — | — | — | — | — |")
+        for r in beside:
+            add_ours(r)
+    for r in ours:
+        if r.study_row is None:
+            add_ours(r)
+    return "\n".join(lines), rows
+
+
+def target_checks(runs: list[Run]) -> list[dict]:
+    """Each target for the fine-tuned model: met, missed, or pending (no fine-tuned run)."""
+    checks = []
+    for task, targets in TARGETS.items():
+        tuned = [r for r in runs if r.task == task and r.role == "fine-tuned"]
+        base = [r for r in runs if r.task == task and r.role == "base"]
+        columns = TITLE_COLUMNS if task == "title" else CLASSIFY_COLUMNS
+        for metric, bar in targets.items():
+            value = tuned[0].metrics[metric] if tuned else None
+            checks.append({"task": task, "target": f"{metric} >= {bar}", "value": value,
+                           "status": "pending" if value is None else ("met" if value >= bar else "missed")})
+        for metric in columns.values():
+            value = tuned[0].metrics[metric] if tuned else None
+            base_value = base[0].metrics[metric] if base else None
+            status = "pending" if value is None or base_value is None else ("met" if value > base_value else "missed")
+            checks.append({"task": task, "target": f"{metric} beats its base model ({_fmt(base_value, 3)})",
+                           "value": value, "status": status})
+    return checks
+
+
+def _plot_bars(rows: list[dict], metrics: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [("study: " if r["source"] == "study" else "ours: ") + r["model"] for r in rows]
+    x = np.arange(len(rows))
+    width = 0.8 / len(metrics)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows) + 2), 4.6))
+    for k, metric in enumerate(metrics):
+        values = [r.get(metric) or 0.0 for r in rows]
+        bars = ax.bar(x + (k - (len(metrics) - 1) / 2) * width, values, width, label=metric)
+        for bar, row in zip(bars, rows):
+            if row["source"] == "study":
+                bar.set_hatch("//")
+    ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{title} (hatched: the study's published numbers)", fontsize=9)
+    ax.legend(fontsize=7, ncol=len(metrics))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _provenance_rows(runs: list[Run]) -> list[str]:
+    lines = ["| Run | Task | Test data sha256 | Model hash | Adapter hash | Prompt template | Decoding | Seed | Date |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        p = r.provenance
+        model = p.get("model", {})
+        decoding = p.get("decoding") or p.get("free_generation_decoding")
+        decoding_text = (f"greedy, max_new_tokens={decoding['max_new_tokens']}" if decoding and decoding["temperature"] == 0
+                         else (f"T={decoding['temperature']}, top_p={decoding['top_p']}" if decoding else "—"))
+        if r.task == "classify" and "baseline" not in p:
+            decoding_text = f"constrained scoring; free text {decoding_text}"
+        template = p.get("prompt_template") or BASELINE_INPUT.get(p.get("baseline"), "—")
+        lines.append(
+            f"| {r.label} | {r.task} | `{p.get('data_sha256', {}).get('test', '?')[:16]}` | "
+            f"`{str(model.get('base_model_hash', '—'))[:16]}` | `{str(model.get('adapter_hash') or '—')[:16]}` | "
+            f"{template}{' + shot ' + p['one_shot_example'] if p.get('one_shot_example') else ''} | {decoding_text} | "
+            f"{p.get('seed', p.get('settings', {}).get('seed', '—'))} | {p.get('date', '—')} |"
+        )
+    return lines
+
+
+def _sample_titles(runs: list[Run], k: int = 5) -> list[str]:
+    """A few reference titles beside each model's generated title (first k test papers)."""
+    title_runs = [r for r in runs if r.task == "title" and (r.path / "predictions.jsonl").is_file()]
+    if not title_runs:
+        return []
+    by_run = {}
+    for r in title_runs:
+        rows = [json.loads(line) for line in (r.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
+        by_run[r.label] = {row["id"]: row for row in rows}
+    shared = [i for i in by_run[title_runs[0].label] if all(i in rows for rows in by_run.values())][:k]
+    lines = ["| Reference | " + " | ".join(by_run) + " |", "|---" * (len(by_run) + 1) + "|"]
+    for i in shared:
+        cells = [next(iter(by_run.values()))[i]["reference"], *(rows[i]["prediction"] for rows in by_run.values())]
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    return lines
+
+
+def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "econlm vs the LLaMA-2-Econ study",
+                 notes: str | None = None) -> Path:
+    """Build the report from run directories; returns the path of report.md."""
+    from econlm.bench.common import machine
+
+    runs = collect_runs(run_dirs)
+    if not runs:
+        raise UserError("no title or classify runs found in the given directories")
+    t1_text, t1_rows = table1(runs)
+    t2_text, t2_rows = table2(runs)
+    checks = target_checks(runs)
+    host = machine()
+    versions = next((r.provenance["versions"] for r in runs if r.provenance.get("versions")), {})
+
+    md = [f"# {title}", "",
+          f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `econlm report` from "
+          f"{len(runs)} runs. Study numbers are the published ones (LLaMA-2-7B, 350 test papers); ours are "
+          "measured on this corpus's test split.", ""]
+    if notes:
+        md += ["## Notes", "", notes.strip(), ""]
+    md += ["## Table 1: title generation", "", t1_text, "",
+           "BLEU (0-1) is the mean smoothed sentence BLEU (sacreBLEU, `exp` smoothing, effective order), the "
+           "study's scale; sacreBLEU corpus BLEU (0-100) is beside it with its signature below. ROUGE is Google's "
+           "`rouge-score`, F-measure, `use_stemmer=True`, averaged over papers. Titles are the first line of the "
+           "generated text.", "", "![Table 1](table1.png)", ""]
+    signature = next((r.metrics.get("sacrebleu_corpus_signature") for r in runs if r.task == "title"), None)
+    if signature:
+        md += [f"sacreBLEU corpus signature: `{signature}`; sentence BLEU: "
+               f"`{next(r.metrics['sentence_bleu_signature'] for r in runs if r.task == 'title')}`", ""]
+    md += ["## Table 2: classification (econ.EM / econ.GN / econ.TH)", "", t2_text, "",
+           "Precision, recall and F1 are weighted averages (scikit-learn, zero_division=0); macro F1 beside them. "
+           "Language models are scored by constrained scoring: the summed log-likelihood of each of the three "
+           "answers, no free-text parsing; the free-generation parse rate is how often the model's own free answer "
+           "named exactly one category. Baselines read the abstract (as the language models do), are tuned on the "
+           "validation split only and scored once on test.", "", "![Table 2](table2.png)", ""]
+    confusion = [r for r in runs if r.task == "classify" and (r.path / "confusion_matrix.png").is_file()]
+    if confusion:
+        md += ["Confusion matrices: " + ", ".join(f"[{r.label}](confusion/{_slug(r.label)}.png)" for r in confusion), ""]
+    samples = _sample_titles(runs)
+    if samples:
+        md += ["### Sample titles (first test papers)", "", *samples, ""]
+    md += ["#BASELINE_INPUT = {"rnn": "abstract as word ids", "lstm": "abstract as word ids",
+                  "minilm": "abstract as MiniLM WordPiece tokens (max_len in settings)"}
+BASELINE_INPUT.update({name: "abstract as TF-IDF 1-2-grams" for name in BASELINE_STUDY_ROW if name not in BASELINE_INPUT})
+# Targets for the fine-tuned econlm model", "", "| Task | Target | Value | Status |", "|---|---|---|---|"]
+    md += [f"| {c['task']} | {c['target']} | {_fmt(c['value'], 3)} | {c['status']} |" for c in checks]
+    md += ["", "## Provenance", "", *_provenance_rows(runs), "",
+           f"Library versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
+           f"Machine: {host['cpu']}, {host['cores']} cores, Python {host['python']}, {platform.platform()}. "
+           "Full per-run provenance (corpus hashes of all splits, model description, decoding, timings) is in "
+           "`provenance.json`.", ""]
+
+    with atomic_dir(out_dir) as tmp:
+        atomic_write_text(tmp / "report.md", "\n".join(md))
+        _plot_bars(t1_rows, list(TITLE_COLUMNS), "Table 1: title generation", tmp / "table1.png")
+        _plot_bars(t2_rows, ["accuracy", "f1"], "Table 2: classification (accuracy, weighted F1)", tmp / "table2.png")
+        atomic_write_json(tmp / "results.json", {"table1": t1_rows, "table2": t2_rows, "targets": checks})
+        atomic_write_json(tmp / "provenance.json", {r.label + f" [{r.task}]": {"run_dir": str(r.path), **r.provenance}
+                                                    for r in runs})
+        for r in confusion:
+            (tmp / "confusion").mkdir(exist_ok=True)
+            shutil.copyfile(r.path / "confusion_matrix.png", tmp / "confusion" / f"{_slug(r.label)}.png")
+    return Path(out_dir) / "report.md"
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")

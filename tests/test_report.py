@@ -1,0 +1,109 @@
+"""`econlm report` from fixture run directories: tables beside the study's numbers, targets, files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from econlm import report
+from econlm.errors import UserError
+from econlm.io import atomic_write_json, write_jsonl
+from econlm.metrics import classification_report, title_report
+
+LABELS = ["econ.EM", "econ.GN", "econ.TH"]
+TRUE = ["econ.EM", "econ.EM", "econ.GN", "econ.GN", "econ.TH"]
+REFERENCES = ["Demand estimation with many markets", "Inflation and wages"]
+
+
+def model_provenance(kind: str, prompting: str = "zero-shot") -> dict:
+    return {"model": {"kind": kind, "model_ref": "econlm" if kind == "adapter" else "smollm2-135m-instruct",
+                      "base_model": "smollm2-135m-instruct", "base_model_hash": "a" * 64,
+                      "adapter_hash": "b" * 64 if kind == "adapter" else None},
+            "prompting": prompting, "prompt_template": "econ-title@1", "seed": 0, "limit": None,
+            "data_sha256": {"test": "c" * 64}, "decoding": {"max_new_tokens": 40, "temperature": 0.0, "top_p": 1.0},
+            "versions": {"transformers": "5"}, "date": "2026-01-01"}
+
+
+def write_title_run(folder, predictions, kind, prompting="zero-shot"):
+    result = title_report(predictions, REFERENCES, model_provenance(kind, prompting))
+    atomic_write_json(folder / "metrics.json", result.model_dump(mode="json"))
+    write_jsonl(folder / "predictions.jsonl", [
+        {"id": f"title-{i}", "task": "title", "input": "", "reference": r, "prediction": p}
+        for i, (p, r) in enumerate(zip(predictions, REFERENCES))])
+    return result
+
+
+def write_classify_run(folder, predicted, provenance):
+    result = classification_report(TRUE, predicted, LABELS, provenance)
+    atomic_write_json(folder / "metrics.json", result.model_dump(mode="json"))
+    return result
+
+
+@pytest.fixture()
+def run_dirs(tmp_path):
+    tuned = write_title_run(tmp_path / "tuned-title", ["Demand estimation with many markets", "Inflation and wages"], "adapter")
+    base = write_title_run(tmp_path / "base-title", ["The paper is about demand", "Wages"], "packaged")
+    write_title_run(tmp_path / "gemma-title", ["Markets", "Wages"], "packaged", "one-shot")
+    write_classify_run(tmp_path / "tuned-classify", ["econ.EM", "econ.EM", "econ.GN", "econ.TH", "econ.TH"],
+                       model_provenance("adapter"))
+    baselines = tmp_path / "baselines"
+    for name, predicted in {"logreg": TRUE, "minilm": ["econ.GN"] * 5}.items():
+        (baselines / name).mkdir(parents=True)
+        write_classify_run(baselines / name, predicted,
+                           {"baseline": name, "display_name": f"{name} display", "settings": {"seed": 0, "test_limit": None}})
+    return tmp_path, tuned, base
+
+
+def test_report_tables_and_files(run_dirs):
+    root, tuned, base = run_dirs
+    dirs = [root / d for d in ("tuned-title", "base-title", "gemma-title", "tuned-classify", "baselines")]
+    path = report.write_report(dirs, root / "report", notes="Quick preset: subsets.")
+    text = path.read_text()
+    out = root / "report"
+    assert {p.name for p in out.iterdir()} >= {"report.md", "table1.png", "table2.png", "results.json", "provenance.json"}
+    assert "Quick preset: subsets." in text
+    # Study rows keep the published numbers; ours sit beside the matching study row.
+    t1 = text.split("## Table 1")[1].split("## Table 2")[0]
+    assert "| LLaMA-2-Econ (fine-tuned) | study | 0.12 | 0.40 | 0.19 | 0.37 |" in t1
+    assert t1.index("LLaMA-2 (base) | study") < t1.index("(base, zero-shot) | ours") < t1.index("LLaMA-2-Econ (fine-tuned) | study")
+    assert t1.index("OPT (one-shot) | study") < t1.index("smollm2-135m-instruct (one-shot) | ours")
+    assert f"| {tuned.metrics['rouge1_f']:.3f} |" in t1
+    t2 = text.split("## Table 2")[1].split("## Targets")[0]
+    assert t2.index("Logistic regression | study") < t2.index("logreg display | ours") < t2.index("Random forest | study")
+    assert "minilm display | ours" in t2  # beyond the study: listed after the study's rows
+    results = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in results["table2"] if r["source"] == "study"} == set(report.STUDY["classify"])
+
+
+def test_targets_are_checked_against_the_fine_tuned_run(run_dirs):
+    root, tuned, base = run_dirs
+    runs = report.collect_runs([root / "tuned-title", root / "base-title", root / "tuned-classify"])
+    checks = {(c["task"], c["target"].split()[0], "beats" in c["target"]): c for c in report.target_checks(runs)}
+    assert checks[("title", "rouge1_f", False)]["status"] == "met"  # perfect titles
+    assert checks[("title", "rougeL_f", True)]["status"] == "met"  # and better than the base
+    assert checks[("classify", "accuracy", False)]["status"] == "missed"  # 4/5 = 0.8 < 0.88
+    assert checks[("classify", "accuracy", True)]["status"] == "pending"  # no base classify run given
+
+
+def test_missing_fine_tuned_run_is_reported_as_pending(run_dirs):
+    root, _, _ = run_dirs
+    path = report.write_report([root / "base-title", root / "baselines"], root / "report")
+    text = path.read_text()
+    assert "econlm (fine-tuned) | **ours: pending**" in text
+    assert "| pending |" in text
+
+
+def test_a_directory_without_runs_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no metrics.json"):
+        report.collect_runs([tmp_path])
+
+
+def test_cli_report(run_dirs):
+    root, _, _ = run_dirs
+    result = subprocess.run([sys.executable, "-m", "econlm.cli", "report", str(root / "base-title"),
+                             "--out", str(root / "cli-report")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (root / "cli-report" / "report.md").is_file()
