@@ -307,10 +307,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     samples = _sample_titles(runs)
     if samples:
         md += ["### Sample titles (first test papers)", "", *samples, ""]
-    md += ["#BASELINE_INPUT = {"rnn": "abstract as word ids", "lstm": "abstract as word ids",
-                  "minilm": "abstract as MiniLM WordPiece tokens (max_len in settings)"}
-BASELINE_INPUT.update({name: "abstract as TF-IDF 1-2-grams" for name in BASELINE_STUDY_ROW if name not in BASELINE_INPUT})
-# Targets for the fine-tuned econlm model", "", "| Task | Target | Value | Status |", "|---|---|---|---|"]
+    md += ["## Targets for the fine-tuned econlm model", "", "| Task | Target | Value | Status |", "|---|---|---|---|"]
     md += [f"| {c['task']} | {c['target']} | {_fmt(c['value'], 3)} | {c['status']} |" for c in checks]
     md += ["", "## Provenance", "", *_provenance_rows(runs), "",
            f"Library versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
