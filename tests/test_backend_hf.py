@@ -34,7 +34,7 @@ def manual_option_logprob(backend: TransformersBackend, messages, option: str) -
     """Sum log-prob of the reply tokens from one unpadded forward pass over prompt + reply."""
     tok = backend.tokenizer
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    full = tok.apply_chat_template([*messages, {"role": "assistant", "content": option}], tokenize=False)
+    full = tok.apply_chat_template([*messages, {"role": "assistant", "content": option}], tokenize=False).rstrip()
     prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
     full_ids = tok(full, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -56,14 +56,14 @@ def test_score_options_equals_manual_forward_pass(backend):
         assert row == pytest.approx(expected, abs=1e-4)
 
 
-def test_the_scored_continuation_includes_end_of_turn(backend):
+def test_the_scored_continuation_is_the_option_and_end_of_turn(backend):
     prompt = backend.chat_prompt(CONVERSATIONS[0])
     full = backend.tokenizer.apply_chat_template(
         [*CONVERSATIONS[0], {"role": "assistant", "content": "Econometrics"}], tokenize=False
-    )
+    ).rstrip()
     prompt_ids = backend.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     continuation = backend._continuation_ids(prompt, full, prompt_ids, add_special_tokens=False)
-    assert backend.tokenizer.decode(continuation).startswith("Econometrics<|im_end|>")
+    assert backend.tokenizer.decode(continuation) == "Econometrics<|im_end|>"
 
 
 def test_batch_size_does_not_change_scores(backend, tiny_llama):

@@ -214,7 +214,7 @@ class TransformersBackend:
     # ------------------------------------------------------------------ constrained scoring
 
     def score_options(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
-        """Sum log-prob of each option as the assistant reply (option + end-of-turn tokens)."""
+        """Sum log-prob of each option as the assistant reply (option + end-of-turn token)."""
         prompts, continuations = [], []
         for conversation in conversations:
             prompt_text = self.chat_prompt(conversation)
@@ -226,6 +226,9 @@ class TransformersBackend:
                 )
                 if not full_text.startswith(prompt_text):
                     raise UserError(f"{self.model_ref}: the chat template renders the prompt differently with a reply")
+                # As in training (econlm.training.data): the answer runs through its end-of-turn
+                # token; the whitespace the template puts after that token is not part of it.
+                full_text = full_text.rstrip()
                 rows.append(self._continuation_ids(prompt_text, full_text, prompt_ids, add_special_tokens=False))
             prompts.append(prompt_ids)
             continuations.append(rows)

@@ -98,3 +98,27 @@ def report(run_dirs, title, notes, out):
 
     path = write_report(list(run_dirs), out, title=title, notes=notes.read_text(encoding="utf-8") if notes else None)
     click.echo(f"wrote {path}")
+
+
+@bench.command("eval")
+@corpus_option
+@click.option("--model", default="smollm2-135m-instruct", show_default=True, help="Model to measure.")
+@click.option("-n", "n", default=32, show_default=True, help="Test abstracts to use (the first N).")
+@click.option("--batch-size", default=16, show_default=True, help="Batch size of the batched runs.")
+@click.option("--max-new-tokens", default=40, show_default=True, help="Title length limit (greedy).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
+              help="A .json file, or a directory that gets eval-<timestamp>.json.")
+def bench_eval_(corpus, model, n, batch_size, max_new_tokens, out):
+    """Titles/s of batched generation vs one-at-a-time generate; classification examples/s.
+
+    Reads the first N test abstracts of CORPUS and the model; writes a JSON result to OUT.
+    """
+    import json
+
+    from econlm.bench.common import write_result
+    from econlm.bench.eval import bench_eval
+
+    result = bench_eval(model, resolve_corpus(corpus), n=n, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    path = write_result(out, "eval", result)
+    click.echo(json.dumps({k: result[k] for k in ("title_generation", "classification_constrained_scoring")}, indent=2))
+    click.echo(f"wrote {path}")
