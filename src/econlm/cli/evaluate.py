@@ -122,3 +122,29 @@ def bench_eval_(corpus, model, n, batch_size, max_new_tokens, out):
     path = write_result(out, "eval", result)
     click.echo(json.dumps({k: result[k] for k in ("title_generation", "classification_constrained_scoring")}, indent=2))
     click.echo(f"wrote {path}")
+
+
+@main.command()
+@corpus_option
+@click.option("--preset", default="quick", show_default=True,
+              help="quick (seeded subsets, about 20 minutes on a 2-core CPU) or full (the study's full splits).")
+@click.option("--train", is_flag=True, help="With --preset full: fine-tune a new adapter first instead of "
+                                            "using the shipped one (hours on a CPU).")
+@click.option("--seed", default=0, show_default=True, help="Seed for subsets, one-shot example and baselines.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Working directory for every stage's output [default: out/reproduce-<preset>].")
+@click.option("--report-out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the report goes [default: OUT/report], e.g. reports/<name>.")
+def reproduce(corpus, preset, train, seed, out, report_out):
+    """The whole study: data -> fine-tuned model -> eval both tasks -> baselines -> report.
+
+    Reads the corpus, the shipped adapter (models/econlm-smollm2-135m) and the packaged base
+    models; writes OUT/datasets, OUT/eval/<model>-<task>, OUT/baselines and the report
+    (OUT/report/report.md, or --report-out). Without a shipped adapter and without --train, the
+    fine-tuned rows are reported as pending.
+    """
+    from econlm.reproduce import reproduce as run
+
+    path = run(resolve_corpus(corpus), out or Path("out") / f"reproduce-{preset}", preset_name=preset, train=train,
+               report_dir=report_out, seed=seed)
+    click.echo(f"wrote {path}")
