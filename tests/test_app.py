@@ -262,6 +262,8 @@ def test_corrupt_and_foreign_indexes_are_refused_with_a_message(home):
     warnings = " ".join(texts(at.warning))
     assert "Index 'langchain-index' cannot be used" in warnings and "never unpickles" in warnings
     assert "chunks.jsonl does not match the sha256" in texts(at.error)[0]
+    at.button(key="delete_index").click().run()  # a damaged index can still be deleted from the page
+    assert not store.index_dir("my-documents").exists()
     at.switch_page("pages/ask.py").run()
     at.chat_input[0].set_value("Still working?").run()
     assert len(at.chat_message) == 2 and not at.exception

@@ -9,13 +9,16 @@
    (real embeddings are clustered, uniform random ones are not), queries drawn the same way.
    Single-query latency (batch of one, as the app searches) for exact Flat search and for HNSW at
    several efSearch values; recall@10 against Flat. Also the full hybrid search (dense + BM25 +
-   fusion) on synthetic word chunks, without the query embedding.
+   fusion) on chunks of words drawn from real abstracts, without the query embedding.
 4. Real vectors: if the papers index exists, the same Flat vs HNSW comparison on its MiniLM
-   vectors with real questions (validation titles), as a check on the synthetic figures.
+   vectors with real query text (validation titles, embedded), as a check on the synthetic figures.
+
+Figures depend on what else runs on the machine: the load average is recorded with them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,20 +100,21 @@ class _FixedVectors:
         return np.stack([self._by_text[t] for t in texts])
 
 
-def hybrid_latency(vectors: np.ndarray, queries: np.ndarray, vocabulary: Sequence[str], seed: int = 0) -> dict:
-    """Full `HybridRetriever.search` (FAISS Flat + BM25 + RRF + relevance filter) on synthetic chunks."""
+def hybrid_latency(vectors: np.ndarray, queries: np.ndarray, words: Sequence[str], seed: int = 0) -> dict:
+    """Full `HybridRetriever.search` (FAISS Flat + BM25 + RRF + relevance filter) on synthetic chunks.
+
+    Chunk and query texts are words drawn from `words`, the content words of real abstracts in
+    their running order, so each word comes up as often as it does in economics text.
+    """
     from econlm.rag.retriever import HybridRetriever
     from econlm.rag.store import Index, new_faiss_index
     from econlm.types import Chunk
 
     rng = np.random.default_rng(seed)
-    # Zipf-like word frequencies, as in text: word i drawn with probability ~ 1/(i+1).
-    weights = 1.0 / np.arange(1, len(vocabulary) + 1)
-    weights /= weights.sum()
-    words = np.asarray(vocabulary)
-    chunk_words = words[rng.choice(len(words), size=(len(vectors), 120), p=weights)]
+    words = np.asarray(words)
+    chunk_words = words[rng.integers(0, len(words), size=(len(vectors), 120))]
     chunks = [Chunk(text=" ".join(row), source=f"synthetic-{i}", page=1) for i, row in enumerate(chunk_words)]
-    query_texts = [f"q{i} " + " ".join(words[rng.choice(len(words), size=6, p=weights)]) for i in range(len(queries))]
+    query_texts = [f"q{i} " + " ".join(words[rng.integers(0, len(words), size=6)]) for i in range(len(queries))]
     embedder = _FixedVectors("synthetic", query_texts, queries)
     manifest = {"kind": "documents", "embedder": {"name": "synthetic"}, "files": {}}
     index = Index(Path("synthetic"), manifest, new_faiss_index(vectors, vectors.shape[1], "flat"), chunks)
@@ -196,7 +200,9 @@ def run_rag_bench(
     embedder = MiniLMEmbedder()
     result: dict = {"settings": {"sizes": list(sizes), "queries": n_queries, "k": K, "seed": seed,
                                  "faiss_threads": faiss.omp_get_max_threads(), "embedder": embedder.name,
-                                 "synthetic_vectors": "clustered 384-d unit vectors (see econlm.bench.rag)"}}
+                                 "synthetic_vectors": "clustered 384-d unit vectors (see econlm.bench.rag)",
+                                 # Other work on the machine slows every figure; recorded to read them by.
+                                 "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}}
 
     result["ingestion"] = _ingestion(papers[:ingest_papers], embedder, workdir)
 
@@ -210,12 +216,12 @@ def run_rag_bench(
     result["query_embedding"] = _percentiles(times)
 
     stop = stop_words()
-    vocabulary = sorted({w for p in papers for w in tokenize(p.abstract, stop)})
+    words = [w for p in papers for w in tokenize(p.abstract, stop)]
     result["sizes"] = []
     for n in sizes:
         vectors, queries = synthetic_vectors(n, n_queries, seed=seed)
         row = compare_indexes(vectors, queries)
-        row["hybrid_flat"] = hybrid_latency(vectors, queries, vocabulary, seed=seed)
+        row["hybrid_flat"] = hybrid_latency(vectors, queries, words, seed=seed)
         result["sizes"].append(row)
 
     if papers_index is not None and Path(papers_index).is_dir():
@@ -228,6 +234,7 @@ def run_rag_bench(
                                   **compare_indexes(stored, embedder.encode(real_questions))}
 
     result["target"] = _target(result["sizes"])
+    result["settings"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
 
 

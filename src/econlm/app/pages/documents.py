@@ -46,7 +46,8 @@ with st.container(border=True):
 
 for row in indexes:
     if row["status"] != "ok":
-        st.warning(f"Index '{row['name']}' cannot be used: {row['status']}")
+        st.warning(f"Index '{row['name']}' cannot be used: {row['status']} "
+                   f"(remove it with `econlm index delete {row['name']}`)")
 
 if not document_indexes:
     st.info("No document index yet: upload files above.")
@@ -56,17 +57,17 @@ st.subheader("Chat with your documents")
 if st.session_state.get("chat_index") not in document_indexes:
     st.session_state["chat_index"] = document_indexes[0]
 selected = st.selectbox("Index", document_indexes, key="chat_index")
-retriever = state.retriever(store.index_dir(selected))
-sources = retriever.index.manifest["sources"]
-st.caption(f"{len(sources)} document(s), {len(retriever.index.chunks)} passages: "
-           + ", ".join(f"{s['source']} ({s['pages']} p.)" for s in sources))
-with st.popover("Delete this index"):
-    st.write(f"Delete '{selected}' and its {len(sources)} document(s) from disk?")
+with st.popover("Delete this index"):  # before loading it, so a damaged index can be deleted too
+    st.write(f"Delete '{selected}' and all its documents from disk?")
     if st.button("Delete for good", key="delete_index"):
         store.delete_index(store.index_dir(selected))
         st.session_state.get("doc_chats", {}).pop(selected, None)
         st.session_state.pop("upload_report", None)
         st.rerun()
+retriever = state.retriever(store.index_dir(selected))
+sources = retriever.index.manifest["sources"]
+st.caption(f"{len(sources)} document(s), {len(retriever.index.chunks)} passages: "
+           + ", ".join(f"{s['source']} ({s['pages']} p.)" for s in sources))
 
 history = st.session_state.setdefault("doc_chats", {}).setdefault(selected, [])
 for i, message in enumerate(history):
