@@ -360,8 +360,11 @@ def run_baselines(corpus_dir: str | Path, out_dir: str | Path, settings: Baselin
 
     data_sha256 = {name: sha256_file(path) for name, path in split_files(corpus_dir).items()}
     summary: dict[str, Any] = {"baselines": {}}
+    from tqdm.auto import tqdm
+
     with atomic_dir(out_dir) as tmp:
-        for name in settings.names:
+        for name in (bar := tqdm(settings.names, desc="baselines", unit="model")):
+            bar.set_postfix_str(name)
             baseline = registry[name]
             started = time.perf_counter()
             estimator, params, val_score, tried = tune(baseline, settings, X_train, y_train_i, X_val, y_val_i)
