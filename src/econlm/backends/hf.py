@@ -12,6 +12,7 @@ options in one more pass over the repeated cache (the prompt is ~100x longer tha
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import threading
 from collections.abc import Iterator, Sequence
@@ -189,7 +190,7 @@ class TransformersBackend:
 
         ids, mask, _ = self._left_pad(self._encode([self.chat_prompt(conversation)], add_special_tokens=False))
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs = self._generation_kwargs(Decoding(**{**decoding.__dict__, "num_return_sequences": 1}), ())
+        kwargs = self._generation_kwargs(dataclasses.replace(decoding, num_return_sequences=1), ())
         if not decoding.greedy:
             torch.manual_seed(decoding.seed)
         failure: list[BaseException] = []
