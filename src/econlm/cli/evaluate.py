@@ -14,7 +14,7 @@ from econlm.cli._base import bench, corpus_option, main, resolve_corpus
 @click.option("--model", default="econlm", show_default=True,
               help="Model: 'econlm' (shipped adapter), a training run dir or adapter dir, a packaged name "
                    "(smollm2-135m-instruct, gemma3-270m), a HF folder, a .gguf file or a hub id.")
-@click.option("--task", required=True, help="title or classify.")
+@click.option("--task", required=True, help="title, classify, or qa (Q&A and MMLU-econ; more options: econlm qa eval).")
 @click.option("--split", default="test", show_default=True, help="Corpus split to evaluate on.")
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of N papers.")
 @click.option("--prompting", default="auto", show_default=True,
@@ -40,6 +40,17 @@ def eval_(corpus, model, task, split, limit, prompting, batch_size, dtype, max_n
     from econlm.evaluate import check_task, evaluate
     from econlm.models import resolve
 
+    if task == "qa":  # Q&A + MMLU-econ live in econlm.qa.eval (also `econlm qa eval`)
+        from econlm.cli.qa import echo_qa_report
+        from econlm.qa.eval import QA_DECODING, evaluate_qa
+
+        resolve(model)
+        given = click.get_current_context().get_parameter_source("max_new_tokens") is click.core.ParameterSource.COMMANDLINE
+        decoding = Decoding(max_new_tokens=max_new_tokens if given else QA_DECODING.max_new_tokens)
+        report = evaluate_qa(model, out, resolve_corpus(corpus), split=split, limit=limit, decoding=decoding,
+                             batch_size=batch_size, dtype=dtype, seed=seed)
+        echo_qa_report(report, out)
+        return
     check_task(task)
     resolve(model)  # an unknown or missing model fails here, before the corpus is read
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
