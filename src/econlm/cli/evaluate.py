@@ -14,6 +14,8 @@ from econlm.cli._base import bench, corpus_option, main, resolve_corpus
 @click.option("--model", default="econlm", show_default=True,
               help="Model: 'econlm' (shipped adapter), a training run dir or adapter dir, a packaged name "
                    "(smollm2-135m-instruct, gemma3-270m), a HF folder, a .gguf file or a hub id.")
+@click.option("--backend", "backend_kind", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
+              help="llamacpp: run MODEL, a .gguf file (`econlm export gguf`), with llama.cpp (extra [fast]); title and classify.")
 @click.option("--task", required=True, help="title, classify, or qa (Q&A and MMLU-econ; more options: econlm qa eval).")
 @click.option("--split", default="test", show_default=True, help="Corpus split to evaluate on.")
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of N papers.")
@@ -27,7 +29,7 @@ from econlm.cli._base import bench, corpus_option, main, resolve_corpus
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (with --temperature > 0).")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling, --limit subsets and the one-shot example.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-def eval_(corpus, model, task, split, limit, prompting, batch_size, dtype, max_new_tokens, temperature, top_p, seed, out):
+def eval_(corpus, model, backend_kind, task, split, limit, prompting, batch_size, dtype, max_new_tokens, temperature, top_p, seed, out):
     """Evaluate a model on title generation or classification.
 
     Reads CORPUS/<split>.jsonl (and train.jsonl for one-shot prompts) and the model; writes
@@ -41,6 +43,8 @@ def eval_(corpus, model, task, split, limit, prompting, batch_size, dtype, max_n
     from econlm.models import resolve
 
     if task == "qa":  # Q&A + MMLU-econ live in econlm.qa.eval (also `econlm qa eval`)
+        if backend_kind != "transformers":
+            raise click.UsageError("--backend llamacpp supports --task title and classify")
         from econlm.cli.qa import echo_qa_report
         from econlm.qa.eval import QA_DECODING, evaluate_qa
 
@@ -53,9 +57,14 @@ def eval_(corpus, model, task, split, limit, prompting, batch_size, dtype, max_n
         return
     check_task(task)
     resolve(model)  # an unknown or missing model fails here, before the corpus is read
+    backend = None
+    if backend_kind == "llamacpp":
+        from econlm.backends import get_backend
+
+        backend = get_backend(f"llamacpp:{model}", progress=True)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     report = evaluate(model, task, resolve_corpus(corpus), out, split=split, limit=limit, prompting=prompting,
-                      decoding=decoding, batch_size=batch_size, dtype=dtype, seed=seed)
+                      decoding=decoding, batch_size=batch_size, dtype=dtype, seed=seed, backend=backend)
     shown = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     click.echo(f"wrote {out}/predictions.jsonl and {out}/metrics.json ({report.provenance['seconds']:.0f}s)")
