@@ -9,6 +9,7 @@ import pytest
 
 from econlm.metrics import qa_scores
 from econlm.qa.eval import evaluate_qa, first_paragraph, load_qa_pairs
+from econlm.report import write_report
 from econlm.types import QAPair
 from test_mmlu import write_mmlu
 from test_qa_synthesize import make_corpus
@@ -59,6 +60,11 @@ def test_qa_eval_end_to_end(tiny_llama, tmp_path):
     assert (out / "mmlu.png").stat().st_size > 0
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["primary_metric"] == "token_f1" and saved["metrics"]["mmlu"]["per_subject"]
+
+    # `econlm report` puts the run in its Table 3 (the fine-tuned row pending here).
+    report_md = write_report([out], tmp_path / "report").read_text()
+    table3 = report_md.split("## Table 3", 1)[1].split("\n## ", 1)[0]
+    assert f"{report.metrics['token_f1']:.3f}" in table3 and "ours: pending" in table3
 
     no_mmlu = evaluate_qa(str(tiny_llama), tmp_path / "eval2", corpus, qa_file, mmlu_dir="", batch_size=2)
     assert "mmlu_accuracy" not in no_mmlu.metrics

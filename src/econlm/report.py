@@ -105,7 +105,7 @@ def collect_runs(run_dirs: list[str | Path]) -> list[Run]:
             raise UserError(f"{run_dir}: no metrics.json here or one level below (an `econlm eval` or `econlm baselines` output)")
         for path in found:
             data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("task") not in ("title", "classify"):
+            if data.get("task") not in ("title", "classify", "qa"):
                 continue
             run = Run(path.parent, data["task"], data["metrics"], data.get("provenance", {}))
             _describe(run)
@@ -177,6 +177,26 @@ def table2(runs: list[Run]) -> tuple[str, list[dict]]:
     for r in ours:
         if r.study_row is None:
             add_ours(r)
+    return "\n".join(lines), rows
+
+
+def table3(runs: list[Run]) -> tuple[str, list[dict]]:
+    """Economics Q&A (`econlm eval --task qa`): answers vs the synthetic test references, and
+    MMLU-econ multiple choice. The study published no Q&A numbers, so only ours are shown."""
+    lines = ["| Model | Token F1 | ROUGE-L | Exact match | n | MMLU-econ accuracy [95% CI] | MMLU option-text acc. | n |",
+             "|---|---|---|---|---|---|---|---|"]
+    rows = []
+    for r in sorted((r for r in runs if r.task == "qa"), key=lambda r: r.role != "fine-tuned"):
+        m = r.metrics
+        mmlu = (f"{m['mmlu_accuracy']:.3f} [{m['mmlu_accuracy_ci95'][0]:.2f}, {m['mmlu_accuracy_ci95'][1]:.2f}]"
+                if "mmlu_accuracy" in m else "—")
+        lines.append(f"| {r.label} | {_fmt(m['token_f1'], 3)} | {_fmt(m['rougeL_f'], 3)} | {_fmt(m['exact_match'], 3)} | "
+                     f"{_subset_note(r)} | {mmlu} | {_fmt(m.get('mmlu_accuracy_option_text'), 3)} | {m.get('mmlu_n', '—')} |")
+        rows.append({"model": r.label, "source": "ours", "role": r.role,
+                     **{k: m.get(k) for k in ("token_f1", "rougeL_f", "exact_match", "n", "mmlu_accuracy",
+                                              "mmlu_accuracy_ci95", "mmlu_accuracy_option_text", "mmlu_n")}})
+    if not any(r["role"] == "fine-tuned" for r in rows):
+        lines.append("| econlm (fine-tuned) | **ours: pending** | — | — | — | — | — | — |")
     return "\n".join(lines), rows
 
 
@@ -276,6 +296,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
         raise UserError("no title or classify runs found in the given directories")
     t1_text, t1_rows = table1(runs)
     t2_text, t2_rows = table2(runs)
+    t3_text, t3_rows = table3(runs)
     checks = target_checks(runs)
     host = machine()
     versions = next((r.provenance["versions"] for r in runs if r.provenance.get("versions")), {})
@@ -301,6 +322,13 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
            "answers, no free-text parsing; the free-generation parse rate is how often the model's own free answer "
            "named exactly one category. Baselines read the abstract (as the language models do), are tuned on the "
            "validation split only and scored once on test.", "", "![Table 2](table2.png)", ""]
+    if t3_rows:
+        md += ["## Table 3: economics Q&A and MMLU-econ", "", t3_text, "",
+               "Closed-book answers (the `qa` training prompt, greedy, cut at the first blank line) to the questions "
+               "of the synthetic Q&A set's test papers (data/qa/DATASHEET.md), scored against its reference "
+               "answers: SQuAD token F1 and exact match, ROUGE-L F (`rouge-score`, stemmer). MMLU-econ: 5-shot from "
+               "each subject's dev file, the letter with the highest log-likelihood (chance 0.25); option-text "
+               "accuracy scores each option's text per byte instead.", ""]
     confusion = [r for r in runs if r.task == "classify" and (r.path / "confusion_matrix.png").is_file()]
     if confusion:
         md += ["Confusion matrices: " + ", ".join(f"[{r.label}](confusion/{_slug(r.label)}.png)" for r in confusion), ""]
@@ -319,7 +347,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
         atomic_write_text(tmp / "report.md", "\n".join(md))
         _plot_bars(t1_rows, list(TITLE_COLUMNS), "Table 1: title generation", tmp / "table1.png")
         _plot_bars(t2_rows, ["accuracy", "f1"], "Table 2: classification (accuracy, weighted F1)", tmp / "table2.png")
-        atomic_write_json(tmp / "results.json", {"table1": t1_rows, "table2": t2_rows, "targets": checks})
+        atomic_write_json(tmp / "results.json", {"table1": t1_rows, "table2": t2_rows, "table3": t3_rows,
+                                                 "targets": checks})
         atomic_write_json(tmp / "provenance.json", {r.label + f" [{r.task}]": {"run_dir": str(r.path), **r.provenance}
                                                     for r in runs})
         for r in confusion:

@@ -107,6 +107,7 @@ def evaluate_qa(
             "mmlu_n": mmlu["n"],
             "mmlu": mmlu,
         })
+    host = machine()
     report.provenance = {
         "task": "qa",
         "split": split,
@@ -129,7 +130,8 @@ def evaluate_qa(
         "qa_seconds": round(qa_seconds, 2),
         "seconds": round(time.perf_counter() - started, 2),
         "versions": library_versions(),
-        "machine": machine(),
+        "date": host.pop("date"),
+        "machine": host,
     }
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "predictions.jsonl", predictions)
