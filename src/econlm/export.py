@@ -29,8 +29,6 @@ from typing import Any
 from econlm.errors import MissingExtraError, UserError
 
 QUANT_TYPES = ("f16", "q8_0", "q4_k_m")
-# llama.cpp's `llama_ftype` values for the quantised types (also in gguf.LlamaFileType).
-_LLAMA_FTYPE = {"q8_0": 7, "q4_k_m": 15}
 
 
 def export_gguf(model_ref: str | Path, out: str | Path, quant: str = "f16", progress: bool = True) -> dict[str, Any]:
@@ -92,9 +90,11 @@ def _require_llama_cpp():
 
 def quantize_gguf(src: str | Path, dest: str | Path, quant: str) -> None:
     """Quantise an f16 GGUF with llama.cpp's quantiser (what `llama-quantize` runs)."""
+    import gguf
+
     llama_cpp = _require_llama_cpp()
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = _LLAMA_FTYPE[quant]
+    params.ftype = {"q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "q4_k_m": gguf.LlamaFileType.MOSTLY_Q4_K_M}[quant]
     params.nthread = os.cpu_count() or 1
     status = llama_cpp.llama_model_quantize(str(src).encode(), str(dest).encode(), params)
     if status != 0:
