@@ -12,6 +12,7 @@ import pytest
 
 from econlm import evaluate
 from econlm.data.templates import CLASSIFY, TITLE
+from econlm.errors import UserError
 from econlm.metrics import classification_scores, title_scores
 
 
@@ -70,17 +71,32 @@ def test_one_shot_prompt_shows_the_worked_example_then_the_query():
     assert "Abstract: Prices rise.\nTitle: On Inflation\n\n" in prompt
 
 
-def test_adapter_eval_records_the_adapter_hash(tiny_llama, small_corpus, tmp_path):
+@pytest.fixture()
+def tiny_adapter(tiny_llama, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_llama))
     lora = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     lora.save_pretrained(tmp_path / "adapter")
-    evaluate.evaluate(str(tmp_path / "adapter"), "classify", small_corpus, tmp_path / "out", limit=2)
-    model = json.loads((tmp_path / "out" / "metrics.json").read_text())["provenance"]["model"]
+    return tmp_path / "adapter"
+
+
+def test_adapter_eval_records_the_adapter_hash(tiny_adapter, tiny_llama, small_corpus, tmp_path):
+    (tiny_adapter / "econlm_run.json").write_text(json.dumps({"templates": {"classify": CLASSIFY.id}, "seed": 3}))
+    evaluate.evaluate(str(tiny_adapter), "classify", small_corpus, tmp_path / "out", limit=2)
+    provenance = json.loads((tmp_path / "out" / "metrics.json").read_text())["provenance"]
+    model = provenance["model"]
     assert model["kind"] == "adapter" and len(model["adapter_hash"]) == 64
     assert model["base_model"] == str(tiny_llama)
+    assert provenance["training_run"]["templates"] == {"classify": CLASSIFY.id}
+
+
+def test_a_run_trained_with_another_template_is_refused(tiny_adapter, small_corpus, tmp_path):
+    (tiny_adapter / "econlm_run.json").write_text(json.dumps({"templates": {"title": "econ-title@0"}}))
+    with pytest.raises(UserError, match="trained with prompt template econ-title@0"):
+        evaluate.evaluate(str(tiny_adapter), "title", small_corpus, tmp_path / "out", limit=2)
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import json
 import random
 import re
 import time
@@ -123,6 +124,19 @@ def parse_category(text: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+def training_record(model_ref: str) -> dict[str, Any] | None:
+    """What an `econlm train` run dir says about itself (templates, data hashes), for adapters that have it."""
+    from econlm.models import resolve
+
+    resolved = resolve(model_ref)
+    record = Path(resolved.source) / "econlm_run.json"
+    if resolved.kind != "adapter" or not record.is_file():
+        return None
+    run = json.loads(record.read_text(encoding="utf-8"))
+    return {key: run.get(key) for key in ("created", "templates", "seed", "base_model_hash", "chat_template_sha256")} | {
+        "corpus_sha256": run.get("data", {}).get("corpus_sha256")}
+
+
 def library_versions() -> dict[str, str]:
     versions = {}
     for dist in LIBRARIES:
@@ -169,6 +183,12 @@ def evaluate(
         backend = TransformersBackend(model, dtype=dtype, batch_size=batch_size, progress=True)
     mode = resolve_prompting(prompting, backend)
     shot = one_shot_example(corpus_dir, seed) if mode == "one-shot" else None
+    training = training_record(backend.model_ref)
+    expected = (TITLE if task == "title" else CLASSIFY).id
+    trained_with = training.get("templates", {}).get(task) if training else None
+    if mode == "zero-shot" and trained_with and trained_with != expected:
+        raise UserError(f"{backend.model_ref} was trained with prompt template {trained_with}, but this econlm "
+                        f"evaluates {task} with {expected}; evaluate it with the econlm version that trained it")
 
     started = time.perf_counter()
     if task == "title":
@@ -196,6 +216,7 @@ def evaluate(
         "prompting": mode,
         "prompt_template": template_id,
         "one_shot_example": shot.arxiv_id if shot else None,
+        "training_run": training,
         "decoding": dataclasses.asdict(decoding) if task == "title" else None,
         "free_generation_decoding": dataclasses.asdict(FREE_GENERATION_DECODING) if task == "classify" else None,
         "scoring": "sum log-prob of each answer (constrained)" if task == "classify" else None,
