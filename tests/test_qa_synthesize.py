@@ -108,6 +108,10 @@ def server_error():
     return 500, {}, {"error": {"message": "boom"}}
 
 
+def not_json():
+    return 200, {}, b"<html>502 Bad Gateway</html>"
+
+
 def default_script() -> dict[str, list]:
     return {
         "Carbon": [reply(CARBON_REPLY)],
@@ -144,7 +148,7 @@ class TeacherServer:
                     steps = server.script[key]
                     step = steps.pop(0) if len(steps) > 1 else steps[0]
                 status, headers, payload = step()
-                data = json.dumps(payload).encode()
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
                 try:
                     self.send_response(status)
                     for name, value in headers.items():
@@ -284,18 +288,21 @@ def test_interrupted_run_resumes_without_duplicates(teacher_server, tmp_path):
 def test_failed_paper_is_left_for_the_next_run(teacher_server, tmp_path):
     script = default_script()
     script["Auctions"] = [server_error]
+    script["Savings"] = [not_json]
     script["Remittances"] = script["Lending"] = [reply("Q: x y z w?\nA: a b c")]  # no 429, no stall
     server = teacher_server(script)
     corpus = make_corpus(tmp_path / "corpus")
     out = tmp_path / "qa.jsonl"
-    summary = run(corpus, out, max_retries=0)
-    assert summary["last_run"]["failed"] == 1 and summary["totals"]["papers"] == 5
-    assert "HTTP 500" in summary["last_run"]["errors"][0]
+    summary = run(corpus, out, max_retries=0, concurrency=1)
+    assert summary["last_run"]["failed"] == 2 and summary["totals"]["papers"] == 4
+    errors = " ".join(summary["last_run"]["errors"])
+    assert "HTTP 500" in errors and "JSONDecodeError" in errors
 
     server.script["Auctions"] = [reply(AUCTION_REPLY)]
+    server.script["Savings"] = [reply("Still no pairs.")]
     again = run(corpus, out, max_retries=0)
-    assert again["last_run"]["finished"] == 1 and again["totals"]["papers"] == 6
-    assert server.requests[-1] == "Auctions"
+    assert again["last_run"]["finished"] == 2 and again["totals"]["papers"] == 6
+    assert sorted(server.requests[-2:]) == ["Auctions", "Savings"]
 
 
 def test_dead_endpoint_stops_the_run(teacher_server, tmp_path):

@@ -448,10 +448,11 @@ def load_teacher(spec: str, concurrency: int = 4, timeout: float = 120.0, max_re
 
 
 def _teacher_errors() -> tuple[type[BaseException], ...]:
-    """What a failed teacher call raises once the backend's own retries are spent."""
+    """What a failed teacher call raises once the backend's own retries are spent (a reply body
+    that is not JSON included)."""
     import httpx
 
-    return (UserError, httpx.HTTPError)
+    return (UserError, httpx.HTTPError, json.JSONDecodeError)
 
 
 def synthesize(
@@ -470,7 +471,6 @@ def synthesize(
     timeout: float = 120.0,
     max_retries: int = 3,
     progress: bool = True,
-    backend: Backend | None = None,
 ) -> dict[str, Any]:
     """Write Q&A pairs for the split's papers to `out` (appending, resumable); returns the summary."""
     from tqdm.auto import tqdm
@@ -484,7 +484,7 @@ def synthesize(
     papers = select_papers(corpus_dir, split, limit, seed)
     store = ResumableStore(out)
     pending = [p for p in papers if p.arxiv_id not in store.done]
-    run = {"split": split, "teacher": teacher, "prompt": prompt.id, "pairs": n_pairs, "selected": len(papers),
+    run = {"split": split, "teacher": teacher, "prompt": prompt.id, "pairs_asked": n_pairs, "selected": len(papers),
            "already_done": len(papers) - len(pending), "finished": 0, "failed": 0, "errors": [],
            "pairs_dropped_on_recovery": store.recovered_pairs_dropped}
     started = time.perf_counter()
@@ -499,8 +499,7 @@ def synthesize(
         bar.set_postfix(pairs=sum(r["counts"].get("kept", 0) for r in store.done.values()), refresh=False)
 
     try:
-        if backend is None:
-            backend = load_teacher(teacher, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
+        backend = load_teacher(teacher, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
         if kind == "local":
             _run_batched(backend, pending, prompt, n_pairs, decoding, concurrency, finish)
         else:
@@ -609,5 +608,5 @@ def summarize(store: ResumableStore, filters: Filters, decoding: Decoding, promp
             "over_limit": f"beyond the first {filters.max_pairs} kept pairs of a paper",
             "turns_dropped": "follow-up turns removed because one failed the length, context or support checks",
         },
-        "last_run": {**run, "decoding": asdict(decoding), "prompt_messages": prompt.messages("{abstract}", run["pairs"])},
+        "last_run": {**run, "decoding": asdict(decoding), "prompt_messages": prompt.messages("{abstract}", run["pairs_asked"])},
     }
