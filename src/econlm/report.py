@@ -164,7 +164,7 @@ def table2(runs: list[Run]) -> tuple[str, list[dict]]:
                      f"{_fmt(parse, 3) if parse is not None else 'n/a'} | {_subset_note(r)} |")
         rows.append({"model": r.label, "source": "ours", "study_row": r.study_row,
                      **{k: m[v] for k, v in CLASSIFY_COLUMNS.items()}, "f1_macro": m["f1_macro"],
-                     "free_generation_parse_rate": parse, "n": m["n"]})
+                     "free_generation_parse_rate": parse, "n": m["n"], "per_class": m.get("per_class")})
 
     for name, s in STUDY["classify"].items():
         lines.append(f"| {name} | study | {s['accuracy']:.4f} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | — | — | 350 |")
@@ -322,6 +322,20 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
            "answers, no free-text parsing; the free-generation parse rate is how often the model's own free answer "
            "named exactly one category. Baselines read the abstract (as the language models do), are tuned on the "
            "validation split only and scored once on test.", "", "![Table 2](table2.png)", ""]
+    per_class = [r for r in runs if r.task == "classify" and r.metrics.get("per_class")]
+    if per_class:
+        labels = per_class[0].metrics["labels"]
+        md += ["Per-class F1 of our runs (per-class precision and recall: `results.json`):", "",
+               "| Model | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+        md += [f"| {r.label} | " + " | ".join(_fmt(r.metrics["per_class"][label]["f1"]) for label in labels) + " |"
+               for r in per_class]
+        md.append("")
+    confusion = [r for r in runs if r.task == "classify" and (r.path / "confusion_matrix.png").is_file()]
+    if confusion:
+        md += ["Confusion matrices: " + ", ".join(f"[{r.label}](confusion/{_slug(r.label)}.png)" for r in confusion), ""]
+    samples = _sample_titles(runs)
+    if samples:
+        md += ["### Sample titles (first test papers)", "", *samples, ""]
     if t3_rows:
         md += ["## Table 3: economics Q&A and MMLU-econ", "", t3_text, "",
                "Closed-book answers (the `qa` training prompt, greedy, cut at the first blank line) to the questions "
@@ -329,12 +343,6 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
                "answers: SQuAD token F1 and exact match, ROUGE-L F (`rouge-score`, stemmer). MMLU-econ: 5-shot from "
                "each subject's dev file, the letter with the highest log-likelihood (chance 0.25); option-text "
                "accuracy scores each option's text per byte instead.", ""]
-    confusion = [r for r in runs if r.task == "classify" and (r.path / "confusion_matrix.png").is_file()]
-    if confusion:
-        md += ["Confusion matrices: " + ", ".join(f"[{r.label}](confusion/{_slug(r.label)}.png)" for r in confusion), ""]
-    samples = _sample_titles(runs)
-    if samples:
-        md += ["### Sample titles (first test papers)", "", *samples, ""]
     md += ["## Targets for the fine-tuned econlm model", "", "| Task | Target | Value | Status |", "|---|---|---|---|"]
     md += [f"| {c['task']} | {c['target']} | {_fmt(c['value'], 3)} | {c['status']} |" for c in checks]
     md += ["", "## Provenance", "", *_provenance_rows(runs), "",
