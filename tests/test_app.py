@@ -47,7 +47,7 @@ def start(page: str | None = None, backend=None) -> AppTest:
     at.session_state["embedder"] = HashEmbedder()
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception
     return at
 
@@ -108,7 +108,7 @@ def test_classify_with_a_backend_that_cannot_score(home):
     at.text_area[0].input(ABSTRACT)
     at.button[0].click().run()
     assert "cannot score options" in texts(at.error)[0] and not at.exception
-    at.switch_page("pages/title.py").run()
+    at.switch_page("views/title.py").run()
     at.text_area[0].input(ABSTRACT)
     at.button[0].click().run()
     assert texts(at.subheader), "the app keeps working after the error"
@@ -264,6 +264,6 @@ def test_corrupt_and_foreign_indexes_are_refused_with_a_message(home):
     assert "chunks.jsonl does not match the sha256" in texts(at.error)[0]
     at.button(key="delete_index").click().run()  # a damaged index can still be deleted from the page
     assert not store.index_dir("my-documents").exists()
-    at.switch_page("pages/ask.py").run()
+    at.switch_page("views/ask.py").run()
     at.chat_input[0].set_value("Still working?").run()
     assert len(at.chat_message) == 2 and not at.exception

@@ -100,18 +100,21 @@ def test_upload_ask_and_see_a_cited_answer(app_url, tmp_path):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(300_000)  # on 2 busy cores a first model load takes minutes
             page.goto(app_url)
             expect(page.get_by_text(f"Model: {MODEL}").first).to_be_visible(timeout=120_000)
 
             # Papers: semantic search over the (small) corpus index built by `econlm index build`.
-            page.get_by_role("link", name="Papers").click()
-            page.get_by_label("Search the economics papers").fill("minimum wage employment")
+            page.get_by_role("link", name="Papers", exact=True).click()
+            search = page.get_by_label("Search the economics papers")
+            expect(search).to_be_visible(timeout=600_000)  # first visit loads MiniLM and the index
+            search.fill("minimum wage employment")
             page.keyboard.press("Enter")
             expect(page.get_by_role("link", name=re.compile(r"^arXiv:")).first).to_be_visible(timeout=300_000)
             page.screenshot(path=str(shots / "papers-search.png"), full_page=True)
 
             # My documents: upload the generated PDF, ask, and wait for the cited answer.
-            page.get_by_role("link", name="My documents").click()
+            page.get_by_role("link", name="My documents", exact=True).click()
             page.locator("input[type=file]").set_input_files(str(pdf))
             page.get_by_role("button", name="Add to index").click()
             expect(page.get_by_text("Indexed freedonia-report.pdf (2 pages, 2 chunks)")).to_be_visible(timeout=300_000)

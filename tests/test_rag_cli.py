@@ -72,12 +72,15 @@ def test_minilm_retrieval_finds_paraphrases_and_rejects_unrelated(tmp_path):
     from econlm.rag.retriever import HybridRetriever
 
     embedder = MiniLMEmbedder()
-    pages = "Central banks raise interest rates when inflation is high.\fThe football team won the cup final."
+    pages = ("Central banks raise interest rates when inflation is high.\fThe football team won the cup final.\f"
+             "Bidders update their valuations on the fly during the auction.")
     index = store.add_documents(tmp_path / "idx", [load_bytes("mixed.txt", pages.encode())], embedder).index
     retriever = HybridRetriever(index, embedder)
     hits = retriever.search("How does monetary policy respond to rising prices?", k=2)  # no shared word
     assert hits and hits[0].chunk.page == 1 and hits[0].keyword_rank is None
     assert retriever.search("Which penguin species live in Antarctica?", k=2) == []
+    assert retriever.search("How do penguins fly?", k=2) == []  # shares "fly", but means nothing alike
+    assert [h.chunk.page for h in retriever.search("Who won the cup final?", k=3)] == [2]
 
 
 @pytest.mark.slow

@@ -8,11 +8,11 @@ st.set_page_config(page_title="econlm", page_icon=":material/school:", layout="w
 
 pages = st.navigation(
     [
-        st.Page("pages/title.py", title="Title", icon=":material/title:", default=True),
-        st.Page("pages/classify.py", title="Classify", icon=":material/category:"),
-        st.Page("pages/ask.py", title="Ask", icon=":material/chat:"),
-        st.Page("pages/papers.py", title="Papers", icon=":material/library_books:"),
-        st.Page("pages/documents.py", title="My documents", icon=":material/upload_file:"),
+        st.Page("views/title.py", title="Title", icon=":material/title:", default=True),
+        st.Page("views/classify.py", title="Classify", icon=":material/category:"),
+        st.Page("views/ask.py", title="Ask", icon=":material/chat:"),
+        st.Page("views/papers.py", title="Papers", icon=":material/library_books:"),
+        st.Page("views/documents.py", title="My documents", icon=":material/upload_file:"),
     ]
 )
 with st.sidebar:

@@ -42,6 +42,7 @@ def app(port: int, address: str, backend: str | None, max_upload_mb: int, top_k:
         "--server.address", address,
         "--server.headless", "true",
         "--server.maxUploadSize", str(max_upload_mb),
+        "--server.fileWatcherType", "none",  # a served app, not a script being edited
         "--browser.gatherUsageStats", "false",
     ]
     click.echo(f"econlm app on http://{address}:{port} (Ctrl+C to stop)", err=True)

@@ -5,7 +5,8 @@ embedder blurs. Reciprocal rank fusion (Cormack et al., 2009) combines the two r
 calibrating their scores against each other: score = sum over rankings of 1 / (rrf_k + rank).
 
 A fused list always has *some* top-k, so relevance is decided separately: a passage counts only
-if its cosine similarity reaches `min_cosine` or it shares a content word with the question.
+if its cosine similarity reaches `min_cosine`, or it shares a content word with the question and
+reaches the lower `min_keyword_cosine`.
 When nothing qualifies, `search` returns no hits and the answer step says so instead of letting
 the model invent an answer.
 """
@@ -24,6 +25,9 @@ from econlm.types import Chunk
 _WORD_RE = re.compile(r"[a-z0-9]+(?:['\-][a-z0-9]+)*")
 RRF_K = 60  # the constant from the RRF paper; damps the weight of the very first ranks
 MIN_COSINE = 0.25  # all-MiniLM-L6-v2: unrelated sentences score about 0.0-0.15, related ones 0.3+
+# A shared word counts only if the passage is not unrelated in meaning: "on the fly" in an
+# auction paper (cosine 0.02) does not answer "How do penguins fly?".
+MIN_KEYWORD_COSINE = 0.10
 
 
 @functools.cache
@@ -84,7 +88,8 @@ class Hit:
 class HybridRetriever:
     """Search one loaded `econlm.rag.store.Index` with the embedder that built it."""
 
-    def __init__(self, index, embedder, candidates: int = 50, rrf_k: int = RRF_K, min_cosine: float = MIN_COSINE):
+    def __init__(self, index, embedder, candidates: int = 50, rrf_k: int = RRF_K, min_cosine: float = MIN_COSINE,
+                 min_keyword_cosine: float = MIN_KEYWORD_COSINE):
         if index.embedder != embedder.name:
             from econlm.errors import UserError
 
@@ -96,6 +101,7 @@ class HybridRetriever:
         self.candidates = candidates
         self.rrf_k = rrf_k
         self.min_cosine = min_cosine
+        self.min_keyword_cosine = min_keyword_cosine
         self._stop = stop_words()
         tokens = [tokenize(c.text, self._stop) for c in index.chunks]
         self._bm25 = BM25Scores(tokens) if tokens else None
@@ -127,22 +133,24 @@ class HybridRetriever:
         dense_rank = {int(i): r for r, i in enumerate(dense_ids, 1) if i >= 0}
         cosine = {int(i): float(c) for c, i in zip(cosines, dense_ids) if i >= 0}
         keyword_rank = {i: r for r, i in enumerate(keyword_ids, 1)}
+        keyword_only = [i for i in keyword_ids if i not in cosine]
+        if keyword_only:  # their similarity too, from the stored vectors
+            stored = self.index.faiss_index.reconstruct_batch(np.asarray(keyword_only, dtype=np.int64))
+            cosine.update(zip(keyword_only, (stored @ query_vector).tolist()))
         fused = {}
         for i in dense_rank.keys() | keyword_rank.keys():
-            if i not in keyword_rank and cosine[i] < self.min_cosine:
-                continue  # neither semantically close nor sharing a word: not relevant
+            floor = self.min_keyword_cosine if i in keyword_rank else self.min_cosine
+            if cosine[i] < floor:
+                continue  # not relevant: neither close in meaning nor sharing a word with a related text
             fused[i] = sum(1.0 / (self.rrf_k + ranks[i]) for ranks in (dense_rank, keyword_rank) if i in ranks)
         best = sorted(fused, key=lambda i: (-fused[i], i))[:k]
         return [
             Hit(
                 chunk=self.index.chunks[i],
                 score=fused[i],
-                cosine=cosine[i] if i in cosine else self._cosine(query_vector, i),
+                cosine=cosine[i],
                 dense_rank=dense_rank.get(i),
                 keyword_rank=keyword_rank.get(i),
             )
             for i in best
         ]
-
-    def _cosine(self, query_vector: np.ndarray, i: int) -> float:
-        return float(np.dot(self.index.faiss_index.reconstruct(i), query_vector))
