@@ -40,12 +40,13 @@ st.divider()
 chat = st.session_state.setdefault("papers_chat", {"query": None, "messages": []})
 if chat["query"] != query:  # a new search starts a new conversation about its hits
     chat.update(query=query, messages=[])
-for i, message in enumerate(chat["messages"]):
+# The passages are whole abstracts of the papers listed above: shown folded under each answer.
+for message in chat["messages"]:
     with st.chat_message(message["role"]):
         if message["role"] == "user":
             st.markdown(state.markdown_safe(message["content"]))
         else:
-            state.show_answer(message["answer"], expanded=i == len(chat["messages"]) - 1)
+            state.show_answer(message["answer"], expanded=False)
 
 if question := st.chat_input("Ask a question across these papers"):
     with st.chat_message("user"):
@@ -55,5 +56,5 @@ if question := st.chat_input("Ask a question across these papers"):
             result = state.stream_rag_answer(rag_answer.stream_answer(question, hits, state.backend()), hits)
         except UserError as exc:
             state.fail(str(exc))
-        state.show_answer(result, expanded=True, with_text=False)
+        state.show_answer(result, expanded=False, with_text=False)
     chat["messages"] += [{"role": "user", "content": question}, {"role": "assistant", "answer": result}]
