@@ -1,7 +1,7 @@
 """A tiny random LLaMA and its GGUF exports, shared by the export, llama.cpp-backend and server
 tests (built once per test session).
 
-Unlike conftest's `tiny_llama`, its weights are large (std 0.3) and already rounded to float16:
+Unlike conftest's `tiny_llama`, its weights are large (std 0.2) and already rounded to float16:
 random weights at the usual std 0.02 give near-uniform logits whose argmax flips on any rounding,
 and a rounded model leaves llama.cpp's f16 arithmetic as the only difference from transformers.
 """
@@ -23,7 +23,7 @@ def tiny_model_dir(root: Path) -> Path:
         tokenizer = load_tokenizer("smollm2-135m-instruct")
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.2,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
         )

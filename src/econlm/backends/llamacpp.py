@@ -4,7 +4,7 @@ About 5-8x faster than transformers on a CPU for SmolLM2-sized models. Prompts a
 the chat template stored in the GGUF (what `econlm export gguf` writes from the training
 tokenizer) with llama-cpp-python's Jinja2 formatter, and tokenized by llama.cpp, so a prompt is
 the same token sequence transformers sees. Constrained scoring follows `TransformersBackend`: an
-option is scored as the assistant reply plus the template's end-of-turn.
+option is scored as the assistant reply through the template's end-of-turn token.
 
 One `Llama` object is not thread-safe: every call holds the backend's lock. Scoring uses a second
 context over the same (memory-mapped) file that keeps the logits of every position
@@ -172,7 +172,7 @@ class LlamaCppBackend:
         return self._scorer
 
     def score_options(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
-        """Sum log-prob of each option as the assistant reply (option + end-of-turn tokens)."""
+        """Sum log-prob of each option as the assistant reply (option + end-of-turn token)."""
         rows = []
         for conversation in conversations:
             prompt_text = self.chat_prompt(conversation)
@@ -181,7 +181,8 @@ class LlamaCppBackend:
                 full_text = self._render([*conversation, {"role": "assistant", "content": option}], add_generation_prompt=False)
                 if not full_text.startswith(prompt_text):
                     raise UserError(f"{self.path}: the chat template renders the prompt differently with a reply")
-                continuations.append(full_text[len(prompt_text):])
+                # As in training: the answer runs through its end-of-turn token, not the whitespace after it.
+                continuations.append(full_text.rstrip()[len(prompt_text):])
             rows.append((prompt_text, continuations))
         return self._score(rows, add_special=False)
 
