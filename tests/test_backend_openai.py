@@ -48,6 +48,12 @@ class ScriptedServer:
                     if isinstance(payload, (int, float)):
                         time.sleep(payload)
                         payload = completion("late")
+                finally:
+                    # Count a request as in flight until its reply is ready, not until it is
+                    # written: once written, the client may rightly send its next request.
+                    with server.lock:
+                        server.in_flight -= 1
+                try:
                     self.send_response(status)
                     for key, value in headers.items():
                         self.send_header(key, value)
@@ -65,9 +71,6 @@ class ScriptedServer:
                         self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-                finally:
-                    with server.lock:
-                        server.in_flight -= 1
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
