@@ -170,7 +170,7 @@ def test_timeout_and_unreachable_endpoint(serve):
 
 def test_concurrency_is_bounded(serve):
     def slow(body):
-        return 200, {}, 0.15
+        return 200, {}, 0.4  # long enough that both workers are surely in flight at once, even under load
 
     server = serve(slow)
     replies = backend_for(server, concurrency=2).chat([CONVERSATION] * 6)
