@@ -82,11 +82,6 @@ class Index:
     def embedder(self) -> str:
         return self.manifest["embedder"]["name"]
 
-    @property
-    def digest(self) -> str:
-        """Identity of this exact index content (changes whenever documents are added)."""
-        return self.manifest["files"][INDEX_FILE]
-
 
 def new_faiss_index(vectors: np.ndarray, dim: int, index_type: str = "flat"):
     """A FAISS inner-product index holding `vectors` (unit rows, so scores are cosines)."""
