@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -21,12 +22,8 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-def run_cli(*args: str, env_home=None) -> subprocess.CompletedProcess:
-    env = None
-    if env_home is not None:
-        import os
-
-        env = {**os.environ, "ECONLM_HOME": str(env_home)}
+def run_cli(*args: str, home) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ECONLM_HOME": str(home)}
     return subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, env=env)
 
 
@@ -51,9 +48,9 @@ def test_index_list_and_delete(home):
 
 
 def test_index_errors_are_one_line_with_exit_2(home):
-    result = run_cli("index", "delete", "../etc", "--yes", env_home=home)
+    result = run_cli("index", "delete", "../etc", "--yes", home=home)
     assert result.returncode == 2 and result.stderr.startswith("econlm: error: invalid index name") and "Traceback" not in result.stderr
-    result = run_cli("index", "delete", "missing", "--yes", env_home=home)
+    result = run_cli("index", "delete", "missing", "--yes", home=home)
     assert result.returncode == 2 and "no such index" in result.stderr
 
 
