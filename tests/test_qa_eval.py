@@ -4,6 +4,8 @@ LLaMA (test-split pairs only, MMLU included)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -69,3 +71,17 @@ def test_qa_eval_end_to_end(tiny_llama, tmp_path):
     no_mmlu = evaluate_qa(str(tiny_llama), tmp_path / "eval2", corpus, qa_file, mmlu_dir="", batch_size=2)
     assert "mmlu_accuracy" not in no_mmlu.metrics
     assert not (tmp_path / "eval2" / "mmlu_predictions.jsonl").exists()
+
+
+def test_eval_task_qa_scores_the_committed_test_pairs(tiny_llama, shared_corpus, tmp_path):
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "econlm.cli", "eval", "--task", "qa", "--model", str(tiny_llama), "--corpus",
+         str(shared_corpus), "--limit", "3", "--batch-size", "3", "--max-new-tokens", "8", "--out", str(out)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["task"] == "qa" and saved["metrics"]["n"] == 3
+    assert saved["metrics"]["mmlu_n"] > 0 and saved["provenance"]["decoding"]["max_new_tokens"] == 8
+    assert saved["provenance"]["qa_file"].endswith("data/qa/econ-qa.jsonl")
