@@ -83,7 +83,8 @@ def bench_train(corpus: Path | None, examples: int, steps: int, out: Path) -> No
 
     path, result = run_bench(resolve_corpus(corpus), examples=examples, steps=steps, out=out)
     for name, row in result["contenders"].items():
-        click.echo(f"{name:28s} {row['tokens_per_s']:8.1f} tok/s  {row['seconds_per_step']:6.2f} s/step  "
+        click.echo(f"{name:28s} {row['tokens_per_s']:7.1f} tok/s  {row['tokens_per_cpu_s']:6.1f} tok/cpu-s  "
+                   f"{row['seconds_per_step']:6.2f} s/step  "
                    f"{row['peak_rss_mb']:7.0f} MB  train loss {row['final_train_loss']:.3f}  val loss {row['val_loss']:.3f}")
     for name, value in result["ratios"].items():
         click.echo(f"{name}: {value:.2f}")

@@ -317,6 +317,9 @@ class Run:
             "train_tokens": state["train_tokens"],
             "tokens_per_s": round(state["train_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
             "seconds_per_step": round(state["train_seconds"] / state["step"], 3) if state["step"] else None,
+            # CPU time of this process (all threads): what the work cost, unaffected by other load on a shared machine.
+            "train_cpu_seconds": round(state["train_cpu_seconds"], 1),
+            "tokens_per_cpu_s": round(state["train_tokens"] / state["train_cpu_seconds"], 1) if state["train_cpu_seconds"] else None,
         })
         plot_curve(rows, self.run_dir / TRAIN_CURVE, state["best_step"])
 
@@ -362,7 +365,7 @@ class Run:
         unwrapped = accelerator.unwrap_model(model)
 
         state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best_step": None, "best_val_loss_per_task": None,
-                                 "train_seconds": 0.0, "train_tokens": 0}
+                                 "train_seconds": 0.0, "train_cpu_seconds": 0.0, "train_tokens": 0}
         if self.resuming and (found := checkpoint_dirs(run_dir)):
             step, path = found[-1]
             state = load_checkpoint(path, unwrapped, optimizer, scheduler)
@@ -382,11 +385,13 @@ class Run:
                    disable=not (self.progress and main), dynamic_ncols=True)
         model.train()
         for step in range(state["step"], schedule.total_steps):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             step_items = schedule.step_examples(step)
             n_labels = sum(e.n_labels for e in step_items)
             step_tokens = sum(len(e.input_ids) for e in step_items)
             batches = micro_batches(step_items, settings.micro_batch_tokens, packed, rank, world)
+            padded_tokens = sum(len(b) * len(b[0].input_ids) if not packed else sum(len(e.input_ids) for e in b)
+                                for b in batches)  # this process's share (micro-batches are sorted longest first)
             loss_sum = torch.zeros((), device=device)
             for i, batch in enumerate(batches):
                 tensors = {k: v.to(device) for k, v in collate(batch, packed, tokenizer.pad_token_id).items()}
@@ -404,13 +409,15 @@ class Run:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step_loss = accelerator.reduce(loss_sum, "sum").item() / n_labels
-            seconds = time.perf_counter() - started
+            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
             done = step + 1
             state.update(step=done, train_seconds=state["train_seconds"] + seconds,
+                         train_cpu_seconds=state["train_cpu_seconds"] + cpu_seconds,
                          train_tokens=state["train_tokens"] + step_tokens)
             if main and (done % settings.log_every == 0 or done == schedule.total_steps):
                 self.log.append({"step": done, "epoch": round(schedule.epoch_of(done), 4), "loss": step_loss, "lr": lr,
-                                 "grad_norm": float(grad_norm), "tokens": step_tokens, "seconds": round(seconds, 3),
+                                 "grad_norm": float(grad_norm), "tokens": step_tokens, "padded_tokens": padded_tokens,
+                                 "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
                                  "tokens_per_s": round(step_tokens / seconds, 1)})
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
             bar.update(1)

@@ -1,0 +1,222 @@
+"""`econlm bench train`: LoRA training throughput of econlm's trainer against two transformers
+`Trainer` set-ups, on the same model (SmolLM2-135M), examples, step count and CPU.
+
+Contenders (each in a fresh process, one after another, so peak RSS is per contender):
+  A  Trainer + peft LoRA, fp32, every example padded to 512 tokens (the common QLoRA-notebook set-up)
+  B  Trainer + peft LoRA, fp32, dynamic padding to the longest example in the batch
+  econlm  `econlm.training.train` with the `cpu-smollm2-lora` defaults
+All three get the same tokenized examples (chat template, answer-only labels), the same LoRA
+(r, alpha, dropout, all linear layers), learning-rate schedule, seed and 16 examples per step.
+Throughput counts real (non-padding) tokens per second of optimizer steps; the final losses are the
+mean training loss of the last steps and one fp32 validation loss computed by the same function
+for every contender.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from econlm.bench.common import peak_rss_mb, write_result
+
+PAD_TO = 512
+VAL_PER_TASK = 16
+MICRO_BATCH = 4  # Trainer's per-device batch; x4 accumulation = 16 examples per step like econlm
+
+
+def _config(corpus: Path, examples: int, steps: int):
+    from econlm.config import load_config
+
+    return load_config("cpu-smollm2-lora", [
+        f"data.corpus={corpus}", f"train.max_steps={steps}", f"data.max_train_examples_per_task={examples // 2}",
+        f"data.val_examples_per_task={VAL_PER_TASK}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
+    ])
+
+
+def _encoded(config):
+    """The contenders' shared examples: econlm's own selection and encoding."""
+    from econlm.models import load_tokenizer
+    from econlm.training.data import encode_all
+    from econlm.training.trainer import training_examples
+
+    tokenizer = load_tokenizer(config.model.base)
+    train_sets, val_sets, _ = training_examples(config)
+    train, _ = encode_all([e for items in train_sets.values() for e in items], tokenizer, config.data.max_length)
+    val = {task: encode_all(items, tokenizer, config.data.max_length)[0] for task, items in val_sets.items()}
+    return tokenizer, train, val
+
+
+def _val_loss(model, val, tokenizer) -> float:
+    import torch
+
+    from econlm.training.trainer import validation_loss
+
+    losses = validation_loss(model, val, 2048, tokenizer.pad_token_id, None, torch.device("cpu"))
+    return sum(losses.values()) / len(losses)
+
+
+def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
+    """A baseline: transformers Trainer + peft LoRA in fp32, fixed or dynamic padding."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from econlm.models import pretrained_source
+
+    tokenizer, train, val = _encoded(config)
+    features = [{"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.label_mask)]}
+                for e in train]
+
+    counted = {"real": 0, "padded": 0}  # every batch the Trainer draws passes through here
+
+    def collate(batch):
+        width = PAD_TO if pad_to_max else max(len(f["input_ids"]) for f in batch)
+        counted["real"] += sum(len(f["input_ids"]) for f in batch)
+        counted["padded"] += width * len(batch)
+        ids = torch.full((len(batch), width), tokenizer.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, f in enumerate(batch):
+            n = len(f["input_ids"])
+            ids[row, :n], labels[row, :n], mask[row, :n] = torch.tensor(f["input_ids"]), torch.tensor(f["labels"]), 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+            self.cpu_seconds: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started, self.cpu_started = time.perf_counter(), time.process_time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.seconds.append(time.perf_counter() - self.started)
+            self.cpu_seconds.append(time.process_time() - self.cpu_started)
+
+    torch.manual_seed(config.train.seed)
+    model = AutoModelForCausalLM.from_pretrained(pretrained_source(config.model.base), dtype=torch.float32)
+    lora = config.lora
+    model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                             target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    timer = StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=MICRO_BATCH,
+            gradient_accumulation_steps=config.train.batch_size // MICRO_BATCH, max_steps=config.train.max_steps,
+            learning_rate=config.train.learning_rate, lr_scheduler_type="cosine", warmup_steps=round(config.train.warmup_ratio * config.train.max_steps),
+            max_grad_norm=config.train.max_grad_norm, weight_decay=config.train.weight_decay, seed=config.train.seed,
+            logging_steps=1, save_strategy="no", report_to=[], remove_unused_columns=False, disable_tqdm=True,
+            use_cpu=True, dataloader_num_workers=0,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collate, callbacks=[timer])
+        trainer.train()
+    peak = peak_rss_mb()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return {
+        "seconds": sum(timer.seconds),
+        "cpu_seconds": sum(timer.cpu_seconds),
+        "steps": len(timer.seconds),
+        "real_tokens": counted["real"],
+        "padded_tokens": counted["padded"],
+        "losses": losses,
+        "peak_rss_mb": peak,
+        "val_loss": _val_loss(model, val, tokenizer),
+    }
+
+
+def _run_econlm(config) -> dict[str, Any]:
+    import json
+
+    from econlm.models import load_model
+    from econlm.training import train
+
+    tokenizer, _, val = _encoded(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = train(config, Path(tmp) / "run", progress=False)
+        peak = peak_rss_mb()
+        metrics = json.loads((run / "metrics.json").read_text())
+        rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+        model, _ = load_model(run, device="cpu")
+    steps = [r for r in rows if "loss" in r]
+    return {
+        "seconds": metrics["train_seconds"],
+        "cpu_seconds": metrics["train_cpu_seconds"],
+        "steps": metrics["steps_done"],
+        "real_tokens": metrics["train_tokens"],
+        "padded_tokens": sum(r["padded_tokens"] for r in steps),
+        "losses": [r["loss"] for r in steps],
+        "peak_rss_mb": peak,
+        "val_loss": _val_loss(model, val, tokenizer),
+    }
+
+
+def _contender(name: str, corpus: str, examples: int, steps: int) -> dict[str, Any]:
+    """Runs in a fresh process (spawned), so its peak RSS is its own."""
+    config = _config(Path(corpus), examples, steps)
+    started = time.perf_counter()
+    load_before = os.getloadavg()[0]
+    if name == "econlm":
+        raw = _run_econlm(config)
+    else:
+        raw = _run_trainer(config, pad_to_max=name.startswith("A"))
+    last = raw["losses"][-4:]
+    return {
+        "tokens_per_s": raw["real_tokens"] / raw["seconds"],
+        "seconds_per_step": raw["seconds"] / raw["steps"],
+        "tokens_per_cpu_s": raw["real_tokens"] / raw["cpu_seconds"],
+        "cpu_seconds_per_step": raw["cpu_seconds"] / raw["steps"],
+        "steps": raw["steps"],
+        "real_tokens": raw["real_tokens"],
+        "padded_tokens": raw["padded_tokens"],
+        "peak_rss_mb": raw["peak_rss_mb"],
+        "final_train_loss": sum(last) / len(last),
+        "train_losses": raw["losses"],
+        "val_loss": raw["val_loss"],
+        "wall_seconds": time.perf_counter() - started,
+        "load_average_before": load_before,
+    }
+
+
+CONTENDERS = ("A: Trainer fp32 pad-to-512", "B: Trainer fp32 dynamic-pad", "econlm")
+
+
+def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Path("bench/results")) -> tuple[Path, dict]:
+    """Run the three contenders one after another; write and return the result JSON."""
+    from tqdm.auto import tqdm
+
+    context = multiprocessing.get_context("spawn")
+    results = {}
+    for name in tqdm(CONTENDERS, desc="bench train", unit="contender"):
+        with context.Pool(1) as pool:
+            results[name] = pool.apply(_contender, (name, str(corpus), examples, steps))
+    a, b, ours = (results[n] for n in CONTENDERS)
+    ratios = {
+        "econlm_vs_A_tokens_per_s": ours["tokens_per_s"] / a["tokens_per_s"],
+        "econlm_vs_B_tokens_per_s": ours["tokens_per_s"] / b["tokens_per_s"],
+        "econlm_vs_A_tokens_per_cpu_s": ours["tokens_per_cpu_s"] / a["tokens_per_cpu_s"],
+        "econlm_vs_B_tokens_per_cpu_s": ours["tokens_per_cpu_s"] / b["tokens_per_cpu_s"],
+        "econlm_vs_A_peak_rss": ours["peak_rss_mb"] / a["peak_rss_mb"],
+        "econlm_minus_A_val_loss": ours["val_loss"] - a["val_loss"],
+        "econlm_minus_B_val_loss": ours["val_loss"] - b["val_loss"],
+        "A_minus_B_val_loss": a["val_loss"] - b["val_loss"],
+    }
+    config = _config(corpus, examples, steps)
+    result = {
+        "setup": {"model": config.model.base, "examples": examples, "steps": steps,
+                  "examples_per_step": config.train.batch_size, "lora": config.lora.model_dump(),
+                  "econlm_config": config.model_dump(mode="json"), "val_examples_per_task": VAL_PER_TASK,
+                  "baseline_micro_batch": MICRO_BATCH, "pad_to": PAD_TO,
+                  "note": "tokens_per_s counts non-padding tokens over the wall-clock time of the optimizer steps; "
+                          "tokens_per_cpu_s over the process's CPU time (all threads) in the same steps, which other "
+                          "load on a shared machine barely changes; val_loss is fp32 answer-token cross-entropy on "
+                          "the same validation examples for every contender"},
+        "contenders": results,
+        "ratios": ratios,
+        "targets": {"econlm_vs_A_tokens_per_s": ">= 2.0", "econlm_vs_B_tokens_per_s": ">= 1.3",
+                    "econlm_vs_A_peak_rss": "<= 1.0"},
+    }
+    return write_result(out, "train", result), result
