@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -85,3 +86,23 @@ def test_qlora_preset_on_cpu_is_a_one_line_error_naming_the_gpu_extra(tmp_path):
     assert len(lines) == 1, result.stderr
     assert "CUDA" in lines[0] and "econlm[gpu]" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_data_paths_in_a_yaml_file_are_relative_to_that_file(tmp_path, monkeypatch):
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "mine.yaml").write_text(
+        "data:\n  tasks: {qa: 1.0}\n  qa_file: ../qa/pairs.jsonl\n  corpus: /abs/corpus\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path / "configs")
+    config = load_config(config_dir / "mine.yaml")
+    assert config.data.qa_file == tmp_path / "qa" / "pairs.jsonl"
+    assert config.data.corpus == Path("/abs/corpus")
+    monkeypatch.chdir(tmp_path)  # a --set path stays relative to the working directory
+    config = load_config(config_dir / "mine.yaml", ["data.qa_file=other.jsonl"])
+    assert config.data.qa_file == Path("other.jsonl")
+
+
+def test_the_default_preset_trains_on_the_shipped_qa_pairs():
+    config = load_config("cpu-smollm2-lora")
+    assert set(config.data.tasks) == {"title", "classify", "qa"}
+    assert config.data.qa_file.is_file()

@@ -191,7 +191,7 @@ def test_two_real_steps_on_packaged_smollm2(small_corpus, tmp_path):
     from safetensors.torch import load_file
 
     config = load_config("cpu-smollm2-lora", [
-        f"data.corpus={small_corpus}", "train.max_steps=2", "train.batch_size=2",
+        f"data.corpus={small_corpus}", "data.tasks={title: 1, classify: 1}", "train.max_steps=2", "train.batch_size=2",
         "data.max_train_examples_per_task=2", "data.val_examples_per_task=2",
     ])
     run = train(config, tmp_path / "smollm2", progress=False)

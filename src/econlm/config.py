@@ -182,6 +182,17 @@ def validate_config(tree: dict[str, Any], source: str) -> TrainConfig:
         raise UserError(f"{source}: field '{field}': {message}{more}") from None
 
 
+def _paths_relative_to(tree: dict[str, Any], base: Path) -> None:
+    """Relative data paths written in a YAML file point from that file, so a preset works from any directory
+    (paths given with `--set` stay relative to the working directory, like any command-line path)."""
+    data = tree.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("corpus", "qa_file"):
+        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
+            data[key] = str((base / data[key]).resolve())
+
+
 def load_config(name_or_path: str | Path = DEFAULT_PRESET, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a preset or YAML file, apply `--set` overrides, validate."""
     path = preset_path(name_or_path)
@@ -191,6 +202,7 @@ def load_config(name_or_path: str | Path = DEFAULT_PRESET, overrides: list[str] 
         raise UserError(f"{path}: invalid YAML ({exc})") from None
     if not isinstance(tree, dict):
         raise UserError(f"{path}: expected a mapping of sections (model, lora, data, train)")
+    _paths_relative_to(tree, path.parent)
     for assignment in overrides:
         apply_override(tree, assignment)
     source = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")

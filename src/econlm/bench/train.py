@@ -32,7 +32,7 @@ def _config(corpus: Path, examples: int, steps: int):
     from econlm.config import load_config
 
     return load_config("cpu-smollm2-lora", [
-        f"data.corpus={corpus}", f"train.max_steps={steps}", f"data.max_train_examples_per_task={examples // 2}",
+        f"data.corpus={corpus}", "data.tasks={title: 1, classify: 1}", f"train.max_steps={steps}", f"data.max_train_examples_per_task={examples // 2}",
         f"data.val_examples_per_task={VAL_PER_TASK}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
     ])
 
