@@ -1,0 +1,71 @@
+"""Copy a training run's best adapter into models/econlm-smollm2-135m/ (the shipped model).
+
+Usage: python scripts/ship_adapter.py RUN_DIR [--dest models/econlm-smollm2-135m]
+
+Copies the run's self-description (adapter safetensors, config, tokenizer, chat template,
+econlm_run.json, metrics.json, train_log.jsonl, train_curve.png) without checkpoints/ (optimizer
+state stays out of git), and writes a README.md model card saying how far training got. The copy
+is made in a temp folder beside the destination and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "src"))
+
+from econlm.io import atomic_dir  # noqa: E402
+
+SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json", "econlm_run.json", "metrics.json",
+                 "train_log.jsonl", "train_curve.png")
+
+
+def model_card(run: dict, metrics: dict) -> str:
+    config = run["config"]
+    tasks = ", ".join(f"{task} x{weight:g}" for task, weight in config["data"]["tasks"].items())
+    done = metrics["steps_done"] / metrics["total_steps"]
+    state = (f"finished: {metrics['steps_done']} steps, {metrics['epochs_done']:g} epoch(s) of the mix" if metrics.get("finished")
+             else f"**partial**: {metrics['steps_done']} of {metrics['total_steps']} steps ({done:.0%} of the epoch); "
+                  "training continues with `econlm train --resume` and this folder is replaced when it is done")
+    losses = ", ".join(f"{task} {loss:.3f}" for task, loss in metrics["best_val_loss"].items())
+    return f"""# econlm-smollm2-135m
+
+LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, all linear layers) for
+SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by econlm with the
+`cpu-smollm2-lora` preset on the arXiv economics train split: tasks {tasks}
+(templates {', '.join(run['templates'].values())}).
+
+- Training state: {state}.
+- Chosen checkpoint: step {metrics['best_step']} (lowest mean validation loss {metrics['best_val_loss_mean']:.4f};
+  per task: {losses}).
+- Training time so far: {metrics['train_seconds'] / 3600:.2f} h on a 2-core CPU, {metrics['tokens_per_s']} tokens/s.
+
+`econlm eval --model econlm ...`, `econlm app` and `econlm reproduce` load this folder by default.
+`econlm_run.json` holds the resolved config, dataset and base-model hashes and library versions;
+`train_log.jsonl` and `train_curve.png` the training curve. No optimizer state is shipped.
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--dest", type=Path, default=REPO_ROOT / "models" / "econlm-smollm2-135m")
+    args = parser.parse_args()
+    run = json.loads((args.run_dir / "econlm_run.json").read_text())
+    metrics = json.loads((args.run_dir / "metrics.json").read_text())
+    with atomic_dir(args.dest) as tmp:
+        for name in SHIPPED_FILES:
+            if (args.run_dir / name).is_file():
+                shutil.copy2(args.run_dir / name, tmp / name)
+        (tmp / "README.md").write_text(model_card(run, metrics), encoding="utf-8")
+    print(f"shipped {args.run_dir} -> {args.dest}")
+
+
+if __name__ == "__main__":
+    main()
