@@ -107,3 +107,25 @@ def test_cli_report(run_dirs):
                              "--out", str(root / "cli-report")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (root / "cli-report" / "report.md").is_file()
+
+
+def test_exported_gguf_runs_are_set_beside_their_source_model(run_dirs):
+    """A llama.cpp run of an exported adapter is paired by the source hash in the GGUF, rescored on the
+    shared papers, and kept out of Tables 1 and 2."""
+    root, tuned, _ = run_dirs
+    gguf = root / "tuned-title-q8_0"
+    provenance = model_provenance("adapter")
+    provenance["model"] = {"kind": "gguf", "model_ref": "/x/econlm.q8_0.gguf", "model_hash": "d" * 64,
+                           "source_model_hash": "b" * 64}
+    exported = title_report(["Demand estimation with markets"], REFERENCES[:1], provenance)
+    atomic_write_json(gguf / "metrics.json", exported.model_dump(mode="json"))
+    write_jsonl(gguf / "predictions.jsonl", [{"id": "title-0", "task": "title", "input": "", "reference": REFERENCES[0],
+                                             "prediction": "Demand estimation with markets"}])
+    text = report.write_report([root / "tuned-title", root / "base-title", gguf], root / "report").read_text()
+    parity = json.loads((root / "report" / "results.json").read_text())["export_parity"]
+    rouge1 = next(p for p in parity if p["metric"] == "rouge1_f")
+    # The tuned title for paper 0 is exact (ROUGE-1 1.0); the exported one drops "many": P=1, R=4/5, F=8/9.
+    assert rouge1["n"] == 1 and rouge1["transformers_value"] == pytest.approx(1.0)
+    assert rouge1["ratio"] == pytest.approx(8 / 9) and not rouge1["within_target"]
+    assert "econlm.q8_0.gguf (llama.cpp)" in text.split("## Exported model")[1]
+    assert "llama.cpp" not in text.split("## Table 1")[1].split("## Table 2")[0]

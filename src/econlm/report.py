@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from econlm.errors import UserError
-from econlm.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
+from econlm.io import (
+    atomic_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
+from econlm.types import CATEGORIES
 
 # The published numbers of the LLaMA-2-Econ study (LLaMA-2-7B + QLoRA on arXiv econ.EM/GN/TH
 # abstracts; 350 test papers), Tables 1 and 2, as quoted in the project's DESIGN.md.
@@ -65,7 +71,7 @@ class Run:
     metrics: dict[str, Any]
     provenance: dict[str, Any]
     label: str = ""
-    role: str = ""  # "fine-tuned" | "base" | "one-shot" | "baseline"
+    role: str = ""  # "fine-tuned" | "base" | "one-shot" | "baseline" | "exported" (a GGUF through llama.cpp)
     study_row: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +85,10 @@ def _describe(run: Run) -> None:
         run.study_row = BASELINE_STUDY_ROW.get(prov["baseline"])
         return
     model = prov.get("model", {})
+    if model.get("kind") == "gguf":
+        run.role = "exported"
+        run.label = f"{Path(str(model.get('model_ref', 'model.gguf'))).name} (llama.cpp)"
+        return
     base = str(model.get("base_model", "?"))
     base_name = Path(base).name if "/" in base and Path(base).exists() else base
     if model.get("kind") == "adapter":
@@ -151,7 +161,7 @@ def table1(runs: list[Run]) -> tuple[str, list[dict]]:
 
 def table2(runs: list[Run]) -> tuple[str, list[dict]]:
     """Classification: the study's rows in its order, ours beside each, then rows beyond the study."""
-    ours = [r for r in runs if r.task == "classify"]
+    ours = [r for r in runs if r.task == "classify" and r.role != "exported"]
     lines = ["| Model | Source | Accuracy | Precision (w) | Recall (w) | F1 (w) | F1 (macro) | free-gen parse rate | n |",
              "|---|---|---|---|---|---|---|---|---|"]
     rows = []
@@ -186,7 +196,7 @@ def table3(runs: list[Run]) -> tuple[str, list[dict]]:
     lines = ["| Model | Token F1 | ROUGE-L | Exact match | n | MMLU-econ accuracy [95% CI] | MMLU option-text acc. | n |",
              "|---|---|---|---|---|---|---|---|"]
     rows = []
-    for r in sorted((r for r in runs if r.task == "qa"), key=lambda r: r.role != "fine-tuned"):
+    for r in sorted((r for r in runs if r.task == "qa" and r.role != "exported"), key=lambda r: r.role != "fine-tuned"):
         m = r.metrics
         mmlu = (f"{m['mmlu_accuracy']:.3f} [{m['mmlu_accuracy_ci95'][0]:.2f}, {m['mmlu_accuracy_ci95'][1]:.2f}]"
                 if "mmlu_accuracy" in m else "—")
@@ -218,6 +228,52 @@ def target_checks(runs: list[Run]) -> list[dict]:
             checks.append({"task": task, "target": f"{metric} beats its base model ({_fmt(base_value, 3)})",
                            "value": value, "status": status})
     return checks
+
+
+PARITY_METRICS = {"title": ["rouge1_f", "rouge2_f", "rougeL_f", "sentence_bleu_mean"],
+                  "classify": ["accuracy", "f1_weighted", "f1_macro"], "qa": ["token_f1", "rougeL_f"]}
+PARITY_TARGET = 0.98  # an exported q8_0 model keeps >= 0.98x of the transformers model's task metrics
+
+
+def export_parity(runs: list[Run]) -> list[dict]:
+    """Each GGUF run beside the transformers run of the model it was exported from (matched by the
+    source content hash `econlm export gguf` writes into the file), rescored on the papers both saw."""
+    from econlm.metrics import classification_scores, qa_scores, title_scores
+
+    def predictions(run: Run) -> dict[str, dict]:
+        path = run.path / "predictions.jsonl"
+        if not path.is_file():
+            return {}
+        return {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+    def scores(task: str, rows: list[dict]) -> dict[str, Any]:
+        if task == "classify":
+            return classification_scores([r["label"] for r in rows], [r["predicted_label"] for r in rows], list(CATEGORIES))
+        score = title_scores if task == "title" else qa_scores
+        return score([r["prediction"] for r in rows], [r["reference"] for r in rows])
+
+    def content_hash(run: Run) -> str | None:
+        model = run.provenance.get("model", {})
+        return model.get("adapter_hash") or model.get("base_model_hash")
+
+    results = []
+    for gguf in (r for r in runs if r.role == "exported"):
+        source = gguf.provenance.get("model", {}).get("source_model_hash")
+        twins = [r for r in runs if r.task == gguf.task and r.role != "exported" and source and content_hash(r) == source]
+        if not twins:
+            continue
+        ours, theirs = predictions(gguf), predictions(twins[0])
+        shared = sorted(set(ours) & set(theirs))
+        if not shared:
+            continue
+        exported = scores(gguf.task, [ours[i] for i in shared])
+        reference = scores(gguf.task, [theirs[i] for i in shared])
+        for metric in PARITY_METRICS[gguf.task]:
+            ratio = exported[metric] / reference[metric] if reference[metric] else None
+            results.append({"task": gguf.task, "exported": gguf.label, "transformers": twins[0].label, "metric": metric,
+                            "n": len(shared), "transformers_value": reference[metric], "exported_value": exported[metric],
+                            "ratio": ratio, "within_target": ratio is not None and ratio >= PARITY_TARGET})
+    return results
 
 
 def _plot_bars(rows: list[dict], metrics: list[str], title: str, path: Path) -> None:
@@ -298,6 +354,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     t2_text, t2_rows = table2(runs)
     t3_text, t3_rows = table3(runs)
     checks = target_checks(runs)
+    parity = export_parity(runs)
     host = machine()
     versions = next((r.provenance["versions"] for r in runs if r.provenance.get("versions")), {})
 
@@ -343,6 +400,15 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
                "answers: SQuAD token F1 and exact match, ROUGE-L F (`rouge-score`, stemmer). MMLU-econ: 5-shot from "
                "each subject's dev file, the letter with the highest log-likelihood (chance 0.25); option-text "
                "accuracy scores each option's text per byte instead.", ""]
+    if parity:
+        md += ["## Exported model (GGUF through llama.cpp) vs transformers", "",
+               "Each `econlm eval --backend llamacpp` run beside the transformers run of the model it was exported "
+               f"from, both rescored on the papers both saw; target ratio >= {PARITY_TARGET}.", "",
+               "| Task | Exported | Transformers | Metric | n | Transformers | Exported | Ratio |", "|---|---|---|---|---|---|---|---|"]
+        md += [f"| {p['task']} | {p['exported']} | {p['transformers']} | {p['metric']} | {p['n']} | "
+               f"{_fmt(p['transformers_value'])} | {_fmt(p['exported_value'])} | "
+               f"{_fmt(p['ratio'], 3)}{'' if p['within_target'] else ' (below)'} |" for p in parity]
+        md.append("")
     md += ["## Targets for the fine-tuned econlm model", "", "| Task | Target | Value | Status |", "|---|---|---|---|"]
     md += [f"| {c['task']} | {c['target']} | {_fmt(c['value'], 3)} | {c['status']} |" for c in checks]
     md += ["", "## Provenance", "", *_provenance_rows(runs), "",
@@ -356,7 +422,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
         _plot_bars(t1_rows, list(TITLE_COLUMNS), "Table 1: title generation", tmp / "table1.png")
         _plot_bars(t2_rows, ["accuracy", "f1"], "Table 2: classification (accuracy, weighted F1)", tmp / "table2.png")
         atomic_write_json(tmp / "results.json", {"table1": t1_rows, "table2": t2_rows, "table3": t3_rows,
-                                                 "targets": checks})
+                                                 "targets": checks, "export_parity": parity})
         atomic_write_json(tmp / "provenance.json", {r.label + f" [{r.task}]": {"run_dir": str(r.path), **r.provenance}
                                                     for r in runs})
         for r in confusion:

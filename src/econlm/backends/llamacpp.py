@@ -15,6 +15,7 @@ context over the same (memory-mapped) file that keeps the logits of every positi
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -24,6 +25,12 @@ from econlm.backends import Decoding, Messages
 from econlm.errors import MissingExtraError, UserError
 
 DEFAULT_N_CTX = 4096  # KV-cache size cap; the model's own context length when smaller
+
+
+def _source_hash(description: str) -> str | None:
+    """The source model's content hash from an `econlm export gguf` description (None for other GGUFs)."""
+    found = re.search(r"content hash ([\w:./-]+)\)", description)
+    return found.group(1) if found else None
 
 
 def _import_llama_cpp():
@@ -77,6 +84,8 @@ class LlamaCppBackend:
             "model_ref": str(self.path),
             "kind": "gguf",
             "model_hash": sha256_file(self.path),
+            # `econlm export gguf` records the content hash of the model it converted (pairs the runs in a report)
+            "source_model_hash": _source_hash(self.metadata.get("general.description", "")),
             "file_type": self.metadata.get("general.file_type"),
             "n_ctx": self.n_ctx,
             "chat_template": self.has_chat_template,
