@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from econlm.bench.common import peak_rss_mb
+
 ENGINES = ("hf-fp32", "hf-bf16", "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_k_m")
 
 
@@ -126,20 +128,12 @@ def _time_llama_cpp(gguf_path: str, prompts: list[list[int]], max_new_tokens: in
     return {"load_s": load_s, "weight_bytes": os.path.getsize(gguf_path), "per_prompt": list(timings), "outputs": list(outputs)}
 
 
-def _own_peak_rss_mb() -> float:
-    """This process's peak RSS (VmHWM). Not getrusage's ru_maxrss: Linux carries that over exec,
-    so a spawned child would report the parent's peak."""
-    with open("/proc/self/status") as status:
-        kib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    return kib / 1024
-
-
 def _engine_worker(engine: str, source: str, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
     if engine.startswith("hf-"):
         result = _time_transformers(source, {"hf-fp32": "float32", "hf-bf16": "bfloat16"}[engine], prompts, max_new_tokens)
     else:
         result = _time_llama_cpp(source, prompts, max_new_tokens)
-    return {**result, "peak_rss_mb": round(_own_peak_rss_mb(), 1)}
+    return {**result, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def _in_child(*args: Any) -> dict[str, Any]:
