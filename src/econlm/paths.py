@@ -15,10 +15,6 @@ from econlm.errors import UserError
 # unset this before running econlm.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-# OpenMP threads that spin while waiting make small matrix products (token-by-token decoding)
-# 20-40x slower whenever the cores are shared; sleeping waiters cost nothing measurable otherwise.
-# Must be set before torch is imported, hence here.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
