@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -176,6 +179,19 @@ def test_run_dir_loads_and_merges(debug_run, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(**enc).logits, model(**enc).logits, atol=1e-4, rtol=1e-4)
     assert json.loads((merged_dir / "econlm_merged.json").read_text())["base_model"] == str((debug_run / "base").resolve())
+
+
+def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run, tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_adapter.py"
+    dest = tmp_path / "models" / "econlm-test"
+    subprocess.run([sys.executable, str(script), str(debug_run), "--dest", str(dest)], check=True, capture_output=True)
+    names = {p.name for p in dest.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "econlm_run.json", "metrics.json", "README.md"} <= names
+    assert "checkpoints" not in names and not list(dest.rglob("optimizer*"))
+    assert (dest / "adapter_model.safetensors").read_bytes() == (debug_run / "adapter_model.safetensors").read_bytes()
+    card = (dest / "README.md").read_text()
+    best = json.loads((debug_run / "metrics.json").read_text())["best_step"]
+    assert f"step {best}" in card and "finished: 4 steps" in card
 
 
 def test_a_finished_run_is_not_overwritten(debug_run):
