@@ -65,10 +65,14 @@ def _partial_saves(run: Path) -> list[Path]:
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
+    """Equal up to float noise: MKL's kernels can round differently with the memory alignment of
+    their inputs, which differs between processes, and Adam scales such noise up on tiny gradients
+    (1e-6 failed once in CI under load). A resume that restored the wrong step, data position or
+    dropout RNG moves the weights by ~lr = 1e-3, far outside this."""
     left, right = load_file(str(a)), load_file(str(b))
     assert left.keys() == right.keys()
     for key in left:
-        torch.testing.assert_close(left[key], right[key], atol=1e-6, rtol=1e-5, msg=key)
+        torch.testing.assert_close(left[key], right[key], atol=2e-5, rtol=1e-4, msg=key)
 
 
 def test_killed_runs_resume_to_the_uninterrupted_result(small_corpus, tmp_path):
