@@ -18,12 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm.errors import UserError
-from econlm.io import (
-    atomic_dir,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-)
+from econlm.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
 from econlm.types import CATEGORIES
 
 # The published numbers of the LLaMA-2-Econ study (LLaMA-2-7B + QLoRA on arXiv econ.EM/GN/TH
@@ -230,6 +225,14 @@ def target_checks(runs: list[Run]) -> list[dict]:
     return checks
 
 
+def _predictions(run: Run) -> dict[str, dict]:
+    """A run's predictions.jsonl rows by example id ({} when the run wrote none)."""
+    path = run.path / "predictions.jsonl"
+    if not path.is_file():
+        return {}
+    return {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+
+
 PARITY_METRICS = {"title": ["rouge1_f", "rouge2_f", "rougeL_f", "sentence_bleu_mean"],
                   "classify": ["accuracy", "f1_weighted", "f1_macro"], "qa": ["token_f1", "rougeL_f"]}
 PARITY_TARGET = 0.98  # an exported q8_0 model keeps >= 0.98x of the transformers model's task metrics
@@ -239,12 +242,6 @@ def export_parity(runs: list[Run]) -> list[dict]:
     """Each GGUF run beside the transformers run of the model it was exported from (matched by the
     source content hash `econlm export gguf` writes into the file), rescored on the papers both saw."""
     from econlm.metrics import classification_scores, qa_scores, title_scores
-
-    def predictions(run: Run) -> dict[str, dict]:
-        path = run.path / "predictions.jsonl"
-        if not path.is_file():
-            return {}
-        return {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
 
     def scores(task: str, rows: list[dict]) -> dict[str, Any]:
         if task == "classify":
@@ -262,7 +259,7 @@ def export_parity(runs: list[Run]) -> list[dict]:
         twins = [r for r in runs if r.task == gguf.task and r.role != "exported" and source and content_hash(r) == source]
         if not twins:
             continue
-        ours, theirs = predictions(gguf), predictions(twins[0])
+        ours, theirs = _predictions(gguf), _predictions(twins[0])
         shared = sorted(set(ours) & set(theirs))
         if not shared:
             continue
@@ -330,10 +327,7 @@ def _sample_titles(runs: list[Run], k: int = 5) -> list[str]:
     title_runs = [r for r in runs if r.task == "title" and (r.path / "predictions.jsonl").is_file()]
     if not title_runs:
         return []
-    by_run = {}
-    for r in title_runs:
-        rows = [json.loads(line) for line in (r.path / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
-        by_run[r.label] = {row["id"]: row for row in rows}
+    by_run = {r.label: _predictions(r) for r in title_runs}
     shared = [i for i in by_run[title_runs[0].label] if all(i in rows for rows in by_run.values())][:k]
     lines = ["| Reference | " + " | ".join(by_run) + " |", "|---" * (len(by_run) + 1) + "|"]
     for i in shared:
