@@ -11,11 +11,11 @@ install:
 install-ci:
 	VENV=$(VENV) WITH_BROWSER=1 scripts/install.sh
 
-# The main job on the shipped defaults.
+# The main job on the shipped defaults: the study in miniature (seeded test subsets, the shipped
+# adapter, every baseline) -> out/reproduce-quick/report/report.md. About 8 minutes on 2 cores.
 quickstart: install
 	$(VENV)/bin/econlm data validate $(ECONLM_DATA)/train.jsonl $(ECONLM_DATA)/validation.jsonl $(ECONLM_DATA)/test.jsonl
-	$(VENV)/bin/econlm data build --tasks title,classify --out out/datasets
-	$(VENV)/bin/econlm data stats $(ECONLM_DATA) --out out/stats
+	$(VENV)/bin/econlm reproduce --preset quick --out out/reproduce-quick
 
 test: install-ci
 	$(VENV)/bin/python -m pytest -q

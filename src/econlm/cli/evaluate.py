@@ -147,7 +147,7 @@ def bench_eval_(corpus, model, n, batch_size, max_new_tokens, out):
 @main.command()
 @corpus_option
 @click.option("--preset", default="quick", show_default=True,
-              help="quick (seeded subsets, about 20 minutes on a 2-core CPU) or full (the study's full splits).")
+              help="quick (seeded subsets, under 10 minutes on a 2-core CPU) or full (the study's full splits).")
 @click.option("--train", is_flag=True, help="With --preset full: fine-tune a new adapter first instead of "
                                             "using the shipped one (hours on a CPU).")
 @click.option("--seed", default=0, show_default=True, help="Seed for subsets, one-shot example and baselines.")
