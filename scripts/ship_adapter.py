@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import sys
 from pathlib import Path
 
@@ -26,7 +27,13 @@ SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_templ
                  "train_log.jsonl", "train_curve.png")
 
 
-def model_card(run: dict, metrics: dict) -> str:
+def median_tokens_per_s(run_dir: Path) -> float:
+    """Typical speed: the run's mean tokens/s also counts steps slowed by other jobs or a pause."""
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    return statistics.median(row["tokens_per_s"] for row in rows if "tokens_per_s" in row)
+
+
+def model_card(run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
     config = run["config"]
     tasks = ", ".join(f"{task} x{weight:g}" for task, weight in config["data"]["tasks"].items())
     done = metrics["steps_done"] / metrics["total_steps"]
@@ -44,7 +51,9 @@ SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by
 - Training state: {state}.
 - Chosen checkpoint: step {metrics['best_step']} (lowest mean validation loss {metrics['best_val_loss_mean']:.4f};
   per task: {losses}).
-- Training time so far: {metrics['train_seconds'] / 3600:.2f} h on a 2-core CPU, {metrics['tokens_per_s']} tokens/s.
+- Training time so far: {metrics['train_seconds'] / 3600:.2f} h of steps on a 2-core CPU, {metrics['tokens_per_s']} tokens/s
+  on average ({metrics['train_tokens']:,} non-padding tokens); the median step ran at
+  {typical_tokens_per_s:.0f} tokens/s (the average includes steps slowed by other jobs sharing the CPU).
 
 `econlm eval --model econlm ...`, `econlm app` and `econlm reproduce` load this folder by default.
 `econlm_run.json` holds the resolved config, dataset and base-model hashes and library versions;
@@ -63,7 +72,7 @@ def main() -> None:
         for name in SHIPPED_FILES:
             if (args.run_dir / name).is_file():
                 shutil.copy2(args.run_dir / name, tmp / name)
-        (tmp / "README.md").write_text(model_card(run, metrics), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(run, metrics, median_tokens_per_s(args.run_dir)), encoding="utf-8")
     print(f"shipped {args.run_dir} -> {args.dest}")
 
 
