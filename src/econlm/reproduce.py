@@ -34,12 +34,12 @@ class Preset:
 
 
 PRESETS = {
-    # Measured here: 7.8 minutes end to end on 2 cores (models already converted), 4.5 of them
-    # while a training job shared the CPU; language-model evaluation is most of it.
+    # Measured here on a quiet 2-core CPU (models already converted): 7.2 minutes end to end, of
+    # which language-model evaluation is 6 (about a minute per model and task at 100 papers).
     "quick": Preset(
         "quick",
-        eval_limit=30,
-        baselines=BaselineSettings(train_limit=1000, test_limit=30, rnn_epochs=2, minilm_epochs=1, minilm_max_len=96),
+        eval_limit=100,
+        baselines=BaselineSettings(train_limit=1000, test_limit=100, rnn_epochs=2, minilm_epochs=1, minilm_max_len=96),
         train_preset="cpu-smollm2-lora",
     ),
     "full": Preset("full", eval_limit=None, baselines=BaselineSettings(), train_preset="cpu-smollm2-lora"),
