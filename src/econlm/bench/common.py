@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from econlm.allocator import current_allocator
 from econlm.io import atomic_write_json
 
 
@@ -44,6 +45,7 @@ def machine() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "versions": versions,
+        "allocator": current_allocator(),  # glibc malloc vs jemalloc changes speed and RSS (econlm.allocator)
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

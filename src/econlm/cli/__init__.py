@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from econlm.allocator import reexec_with_jemalloc
 from econlm.errors import UserError
 
 from econlm.cli._base import main as cli
@@ -20,6 +21,7 @@ from econlm.cli import evaluate as _evaluate  # noqa: F401  (registers eval, bas
 
 
 def main() -> None:
+    reexec_with_jemalloc()  # before any heavy work: the allocator is chosen at process start
     try:
         cli(prog_name="econlm")
     except UserError as exc:

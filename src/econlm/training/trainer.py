@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm import __version__
+from econlm.allocator import current_allocator
 from econlm.config import TrainConfig, validate_config
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, sha256_file
@@ -279,6 +280,7 @@ class Run:
                          "total_steps": schedule.total_steps},
             "precision": "bf16-autocast" if amp_dtype is not None else "fp32",
             "world_size": world_size,
+            "allocator": current_allocator(),
             "versions": library_versions(),
         })
 
