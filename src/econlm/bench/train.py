@@ -4,7 +4,9 @@
 Contenders (each in a fresh process, one after another, so peak RSS is per contender):
   A  Trainer + peft LoRA, fp32, every example padded to 512 tokens (the common QLoRA-notebook set-up)
   B  Trainer + peft LoRA, fp32, dynamic padding to the longest example in the batch
-  econlm  `econlm.training.train` with the `cpu-smollm2-lora` defaults
+  econlm  `econlm.training.train` with the `cpu-smollm2-lora` defaults, on jemalloc (econlm.allocator)
+  econlm on glibc malloc  the same trainer on the system allocator: what jemalloc buys, which
+          grows with the number of steps (glibc's heap fragments as shapes change; try --steps 64)
 All three get the same tokenized examples (chat template, answer-only labels), the same LoRA
 (r, alpha, dropout, all linear layers), learning-rate schedule, seed and 16 examples per step.
 Throughput counts real (non-padding) tokens per second of optimizer steps; the final losses are the
@@ -14,6 +16,7 @@ for every contender.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import tempfile
@@ -21,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from econlm.allocator import current_allocator, jemalloc_library, preload_env
 from econlm.bench.common import peak_rss_mb, write_result
+from econlm.errors import UserError
 
 PAD_TO = 512
 VAL_PER_TASK = 16
@@ -159,7 +164,7 @@ def _contender(name: str, corpus: str, examples: int, steps: int) -> dict[str, A
     config = _config(Path(corpus), examples, steps)
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
-    if name == "econlm":
+    if name.startswith("econlm"):
         raw = _run_econlm(config)
     else:
         raw = _run_trainer(config, pad_to_max=name.startswith("A"))
@@ -176,34 +181,63 @@ def _contender(name: str, corpus: str, examples: int, steps: int) -> dict[str, A
         "final_train_loss": sum(last) / len(last),
         "train_losses": raw["losses"],
         "val_loss": raw["val_loss"],
+        "allocator": current_allocator(),
         "wall_seconds": time.perf_counter() - started,
         "load_average_before": load_before,
     }
 
 
-CONTENDERS = ("A: Trainer fp32 pad-to-512", "B: Trainer fp32 dynamic-pad", "econlm")
+CONTENDERS = {"A": "A: Trainer fp32 pad-to-512", "B": "B: Trainer fp32 dynamic-pad", "econlm": "econlm",
+              "glibc": "econlm on glibc malloc"}
+ECONLM, GLIBC = CONTENDERS["econlm"], CONTENDERS["glibc"]
 
 
-def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Path("bench/results")) -> tuple[Path, dict]:
-    """Run the three contenders one after another; write and return the result JSON."""
+@contextlib.contextmanager
+def _allocator(name: str):
+    """Spawned contenders copy os.environ: econlm's starts on jemalloc, the glibc one without it."""
+    saved = dict(os.environ)
+    os.environ.pop("LD_PRELOAD", None)
+    if name == ECONLM and jemalloc_library():
+        os.environ.update(preload_env(os.environ, jemalloc_library()))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _ratios(results: dict[str, dict]) -> dict[str, float]:
+    """econlm against each baseline that ran."""
+    ours, ratios = results[ECONLM], {}
+    for key in ("A", "B", "glibc"):
+        other = results.get(CONTENDERS[key])
+        if other is None:
+            continue
+        ratios[f"econlm_vs_{key}_tokens_per_s"] = ours["tokens_per_s"] / other["tokens_per_s"]
+        ratios[f"econlm_vs_{key}_tokens_per_cpu_s"] = ours["tokens_per_cpu_s"] / other["tokens_per_cpu_s"]
+        ratios[f"econlm_vs_{key}_peak_rss"] = ours["peak_rss_mb"] / other["peak_rss_mb"]
+        ratios[f"econlm_minus_{key}_val_loss"] = ours["val_loss"] - other["val_loss"]
+    return ratios
+
+
+def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Path("bench/results"),
+              contenders: tuple[str, ...] = ("A", "B", "econlm", "glibc")) -> tuple[Path, dict]:
+    """Run the chosen contenders (keys of CONTENDERS) one after another; write and return the result JSON."""
     from tqdm.auto import tqdm
 
+    unknown = [c for c in contenders if c not in CONTENDERS]
+    if unknown or "econlm" not in contenders:
+        raise UserError(f"--contenders: econlm plus any of {', '.join(CONTENDERS)} (got {', '.join(contenders)})")
+    if "glibc" in contenders and not jemalloc_library():
+        raise UserError("the glibc-malloc contender is compared with jemalloc, which this machine lacks "
+                        "(apt-get install libjemalloc2), or leave it out of --contenders")
     context = multiprocessing.get_context("spawn")
     results = {}
-    for name in tqdm(CONTENDERS, desc="bench train", unit="contender"):
-        with context.Pool(1) as pool:
+    for key in tqdm(contenders, desc="bench train", unit="contender"):
+        name = CONTENDERS[key]
+        with _allocator(name), context.Pool(1) as pool:
             results[name] = pool.apply(_contender, (name, str(corpus), examples, steps))
-    a, b, ours = (results[n] for n in CONTENDERS)
-    ratios = {
-        "econlm_vs_A_tokens_per_s": ours["tokens_per_s"] / a["tokens_per_s"],
-        "econlm_vs_B_tokens_per_s": ours["tokens_per_s"] / b["tokens_per_s"],
-        "econlm_vs_A_tokens_per_cpu_s": ours["tokens_per_cpu_s"] / a["tokens_per_cpu_s"],
-        "econlm_vs_B_tokens_per_cpu_s": ours["tokens_per_cpu_s"] / b["tokens_per_cpu_s"],
-        "econlm_vs_A_peak_rss": ours["peak_rss_mb"] / a["peak_rss_mb"],
-        "econlm_minus_A_val_loss": ours["val_loss"] - a["val_loss"],
-        "econlm_minus_B_val_loss": ours["val_loss"] - b["val_loss"],
-        "A_minus_B_val_loss": a["val_loss"] - b["val_loss"],
-    }
+    ratios = _ratios(results)
     config = _config(corpus, examples, steps)
     result = {
         "setup": {"model": config.model.base, "examples": examples, "steps": steps,

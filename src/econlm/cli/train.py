@@ -68,20 +68,23 @@ def merge(run_dir: Path, out: Path) -> None:
 @corpus_option
 @click.option("--examples", default=256, show_default=True, help="Training examples (half title, half classify).")
 @click.option("--steps", default=16, show_default=True, help="Optimizer steps for every contender.")
+@click.option("--contenders", default="A,B,econlm,glibc", show_default=True,
+              help="Comma-separated: A, B, econlm, glibc (econlm's trainer on glibc's malloc).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="Result JSON file, or a directory for train-<timestamp>.json.")
-def bench_train(corpus: Path | None, examples: int, steps: int, out: Path) -> None:
+def bench_train(corpus: Path | None, examples: int, steps: int, contenders: str, out: Path) -> None:
     """SmolLM2-135M LoRA training: transformers Trainer baselines vs econlm's trainer.
 
     Reads the corpus; runs, one after another in fresh processes on the same CPU, (A) Trainer +
-    peft, fp32, every example padded to 512; (B) Trainer + peft, fp32, dynamic padding; (C)
-    econlm's trainer with its defaults. Writes the JSON (tokens/s, s/step, peak RSS, losses,
-    ratios) to --out.
+    peft, fp32, every example padded to 512; (B) Trainer + peft, fp32, dynamic padding;
+    econlm's trainer with its defaults (on jemalloc); and the same on glibc's malloc. Writes the
+    JSON (tokens/s, s/step, peak RSS, losses, ratios) to --out.
     """
     from econlm.bench.train import run_bench
     from econlm.cli._base import resolve_corpus
 
-    path, result = run_bench(resolve_corpus(corpus), examples=examples, steps=steps, out=out)
+    chosen = tuple(c.strip() for c in contenders.split(",") if c.strip())
+    path, result = run_bench(resolve_corpus(corpus), examples=examples, steps=steps, out=out, contenders=chosen)
     for name, row in result["contenders"].items():
         click.echo(f"{name:28s} {row['tokens_per_s']:7.1f} tok/s  {row['tokens_per_cpu_s']:6.1f} tok/cpu-s  "
                    f"{row['seconds_per_step']:6.2f} s/step  "
