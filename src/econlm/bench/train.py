@@ -7,6 +7,8 @@ Contenders (each in a fresh process, one after another, so peak RSS is per conte
   econlm  `econlm.training.train` with the `cpu-smollm2-lora` defaults, on jemalloc (econlm.allocator)
   econlm on glibc malloc  the same trainer on the system allocator: what jemalloc buys, which
           grows with the number of steps (glibc's heap fragments as shapes change; try --steps 64)
+A and B run on the system allocator, as a plain `python` process does; comparing them with the
+glibc contender separates what the trainer buys from what the allocator buys.
 All three get the same tokenized examples (chat template, answer-only labels), the same LoRA
 (r, alpha, dropout, all linear layers), learning-rate schedule, seed and 16 examples per step.
 Throughput counts real (non-padding) tokens per second of optimizer steps; the final losses are the
