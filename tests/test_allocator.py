@@ -1,5 +1,5 @@
-"""The `econlm` entry point re-executes itself on jemalloc where the machine has it, and the
-training run records which allocator it ran on."""
+"""`econlm train` re-executes itself on jemalloc where the machine has it, and the training run
+records which allocator it ran on."""
 
 from __future__ import annotations
 

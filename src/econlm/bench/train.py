@@ -191,7 +191,7 @@ def _contender(name: str, corpus: str, examples: int, steps: int) -> dict[str, A
 
 CONTENDERS = {"A": "A: Trainer fp32 pad-to-512", "B": "B: Trainer fp32 dynamic-pad", "econlm": "econlm",
               "glibc": "econlm on glibc malloc"}
-ECONLM, GLIBC = CONTENDERS["econlm"], CONTENDERS["glibc"]
+ECONLM = CONTENDERS["econlm"]
 
 
 @contextlib.contextmanager
@@ -199,8 +199,9 @@ def _allocator(name: str):
     """Spawned contenders copy os.environ: econlm's starts on jemalloc, the glibc one without it."""
     saved = dict(os.environ)
     os.environ.pop("LD_PRELOAD", None)
-    if name == ECONLM and jemalloc_library():
-        os.environ.update(preload_env(os.environ, jemalloc_library()))
+    library = jemalloc_library() if name == ECONLM else None
+    if library:
+        os.environ.update(preload_env(os.environ, library))
     try:
         yield
     finally:
