@@ -224,9 +224,13 @@ def _ratios(results: dict[str, dict]) -> dict[str, float]:
 
 
 def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Path("bench/results"),
-              contenders: tuple[str, ...] = ("A", "B", "econlm", "glibc")) -> tuple[Path, dict]:
-    """Run the chosen contenders (keys of CONTENDERS) one after another; write and return the result JSON."""
+              contenders: tuple[str, ...] | None = None) -> tuple[Path, dict]:
+    """Run the chosen contenders (keys of CONTENDERS; default: all this machine can run) one after
+    another; write and return the result JSON."""
     from tqdm.auto import tqdm
+
+    if contenders is None:
+        contenders = ("A", "B", "econlm", "glibc") if jemalloc_library() else ("A", "B", "econlm")
 
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown or "econlm" not in contenders:

@@ -68,11 +68,12 @@ def merge(run_dir: Path, out: Path) -> None:
 @corpus_option
 @click.option("--examples", default=256, show_default=True, help="Training examples (half title, half classify).")
 @click.option("--steps", default=16, show_default=True, help="Optimizer steps for every contender.")
-@click.option("--contenders", default="A,B,econlm,glibc", show_default=True,
-              help="Comma-separated: A, B, econlm, glibc (econlm's trainer on glibc's malloc).")
+@click.option("--contenders", default=None,
+              help="Comma-separated: A, B, econlm, glibc (econlm's trainer on glibc's malloc). "
+                   "Default: all four, without glibc where jemalloc is not installed.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="Result JSON file, or a directory for train-<timestamp>.json.")
-def bench_train(corpus: Path | None, examples: int, steps: int, contenders: str, out: Path) -> None:
+def bench_train(corpus: Path | None, examples: int, steps: int, contenders: str | None, out: Path) -> None:
     """SmolLM2-135M LoRA training: transformers Trainer baselines vs econlm's trainer.
 
     Reads the corpus; runs, one after another in fresh processes on the same CPU, (A) Trainer +
@@ -83,7 +84,7 @@ def bench_train(corpus: Path | None, examples: int, steps: int, contenders: str,
     from econlm.bench.train import run_bench
     from econlm.cli._base import resolve_corpus
 
-    chosen = tuple(c.strip() for c in contenders.split(",") if c.strip())
+    chosen = tuple(c.strip() for c in contenders.split(",") if c.strip()) if contenders else None
     path, result = run_bench(resolve_corpus(corpus), examples=examples, steps=steps, out=out, contenders=chosen)
     for name, row in result["contenders"].items():
         click.echo(f"{name:28s} {row['tokens_per_s']:7.1f} tok/s  {row['tokens_per_cpu_s']:6.1f} tok/cpu-s  "
