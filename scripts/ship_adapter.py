@@ -51,7 +51,7 @@ SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by
 - Training state: {state}.
 - Chosen checkpoint: step {metrics['best_step']} (lowest mean validation loss {metrics['best_val_loss_mean']:.4f};
   per task: {losses}).
-- Training time so far: {metrics['train_seconds'] / 3600:.2f} h of steps on a 2-core CPU, {metrics['tokens_per_s']} tokens/s
+- Training time{'' if metrics.get('finished') else ' so far'}: {metrics['train_seconds'] / 3600:.2f} h of steps on a 2-core CPU, {metrics['tokens_per_s']} tokens/s
   on average ({metrics['train_tokens']:,} non-padding tokens); the median step ran at
   {typical_tokens_per_s:.0f} tokens/s (the average includes steps slowed by other jobs sharing the CPU).
 
