@@ -129,3 +129,5 @@ def test_exported_gguf_runs_are_set_beside_their_source_model(run_dirs):
     assert rouge1["ratio"] == pytest.approx(8 / 9) and not rouge1["within_target"]
     assert "econlm.q8_0.gguf (llama.cpp)" in text.split("## Exported model")[1]
     assert "llama.cpp" not in text.split("## Table 1")[1].split("## Table 2")[0]
+    gguf_row = next(line for line in text.split("## Provenance")[1].splitlines() if "llama.cpp" in line)
+    assert f"`{'d' * 16}` | `{'b' * 16}`" in gguf_row  # the GGUF file's hash, then the model it was exported from

@@ -302,6 +302,8 @@ def _plot_bars(rows: list[dict], metrics: list[str], title: str, path: Path) -> 
 
 
 def _provenance_rows(runs: list[Run]) -> list[str]:
+    """One row per run. A GGUF run's model hash is the file's sha256, and its adapter column holds
+    the hash of the model it was exported from (an adapter, or a base model), as recorded in the file."""
     lines = ["| Run | Task | Test data sha256 | Model hash | Adapter hash | Prompt template | Decoding | Seed | Date |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -315,7 +317,8 @@ def _provenance_rows(runs: list[Run]) -> list[str]:
         template = p.get("prompt_template") or BASELINE_INPUT.get(p.get("baseline"), "—")
         lines.append(
             f"| {r.label} | {r.task} | `{p.get('data_sha256', {}).get('test', '?')[:16]}` | "
-            f"`{str(model.get('base_model_hash', '—'))[:16]}` | `{str(model.get('adapter_hash') or '—')[:16]}` | "
+            f"`{str(model.get('base_model_hash') or model.get('model_hash') or '—')[:16]}` | "
+            f"`{str(model.get('adapter_hash') or model.get('source_model_hash') or '—')[:16]}` | "
             f"{template}{' + shot ' + p['one_shot_example'] if p.get('one_shot_example') else ''} | {decoding_text} | "
             f"{p.get('seed', p.get('settings', {}).get('seed', '—'))} | {p.get('date', '—')} |"
         )
@@ -408,7 +411,8 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     md += ["", "## Provenance", "", *_provenance_rows(runs), "",
            f"Library versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
            f"Machine: {host['cpu']}, {host['cores']} cores, Python {host['python']}, {platform.platform()}. "
-           "Full per-run provenance (corpus hashes of all splits, model description, decoding, timings) is in "
+           "For a GGUF run, the model hash is the file's sha256 and the adapter column holds the model it was exported "
+           "from. Full per-run provenance (corpus hashes of all splits, model description, decoding, timings) is in "
            "`provenance.json`.", ""]
 
     with atomic_dir(out_dir) as tmp:
