@@ -195,13 +195,12 @@ ECONLM = CONTENDERS["econlm"]
 
 
 @contextlib.contextmanager
-def _allocator(name: str):
-    """Spawned contenders copy os.environ: econlm's starts on jemalloc, the glibc one without it."""
+def _allocator(name: str, jemalloc: str | None):
+    """Spawned contenders copy os.environ: econlm's starts on `jemalloc` (if any), the others without it."""
     saved = dict(os.environ)
     os.environ.pop("LD_PRELOAD", None)
-    library = jemalloc_library() if name == ECONLM else None
-    if library:
-        os.environ.update(preload_env(os.environ, library))
+    if name == ECONLM and jemalloc:
+        os.environ.update(preload_env(os.environ, jemalloc))
     try:
         yield
     finally:
@@ -229,20 +228,21 @@ def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Pa
     another; write and return the result JSON."""
     from tqdm.auto import tqdm
 
+    jemalloc = jemalloc_library()  # looked up once: each lookup runs ldconfig
     if contenders is None:
-        contenders = ("A", "B", "econlm", "glibc") if jemalloc_library() else ("A", "B", "econlm")
+        contenders = ("A", "B", "econlm", "glibc") if jemalloc else ("A", "B", "econlm")
 
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown or "econlm" not in contenders:
         raise UserError(f"--contenders: econlm plus any of {', '.join(CONTENDERS)} (got {', '.join(contenders)})")
-    if "glibc" in contenders and not jemalloc_library():
+    if "glibc" in contenders and not jemalloc:
         raise UserError("the glibc-malloc contender is compared with jemalloc, which this machine lacks "
                         "(apt-get install libjemalloc2), or leave it out of --contenders")
     context = multiprocessing.get_context("spawn")
     results = {}
     for key in tqdm(contenders, desc="bench train", unit="contender"):
         name = CONTENDERS[key]
-        with _allocator(name), context.Pool(1) as pool:
+        with _allocator(name, jemalloc), context.Pool(1) as pool:
             results[name] = pool.apply(_contender, (name, str(corpus), examples, steps))
     ratios = _ratios(results)
     config = _config(corpus, examples, steps)
