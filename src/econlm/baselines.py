@@ -340,11 +340,11 @@ def tune(baseline: Baseline, settings: BaselineSettings, X_train, y_train, X_val
 
 def run_baselines(corpus_dir: str | Path, out_dir: str | Path, settings: BaselineSettings = BaselineSettings()) -> dict:
     """Tune each baseline on validation, score it on test, write predictions/metrics/plots; returns the summary."""
-    from econlm.evaluate import LABELS, library_versions, load_split
-    from econlm.io import atomic_dir, atomic_write_json, sha256_file, write_jsonl
-    from econlm.metrics import classification_report, plot_confusion_matrix
-    from econlm.data.corpus import split_files
+    from econlm import provenance
     from econlm.data.templates import LABEL_TO_ANSWER
+    from econlm.evaluate import LABELS, load_split
+    from econlm.io import atomic_dir, atomic_write_json, write_jsonl
+    from econlm.metrics import classification_report, plot_confusion_matrix
     from econlm.types import Prediction
 
     registry = _registry()
@@ -361,7 +361,6 @@ def run_baselines(corpus_dir: str | Path, out_dir: str | Path, settings: Baselin
     to_int = {label: i for i, label in enumerate(LABELS)}
     y_train_i, y_val_i = np.array([to_int[y] for y in y_train]), np.array([to_int[y] for y in y_val])
 
-    data_sha256 = {name: sha256_file(path) for name, path in split_files(corpus_dir).items()}
     summary: dict[str, Any] = {"baselines": {}}
     from tqdm.auto import tqdm
 
@@ -373,27 +372,25 @@ def run_baselines(corpus_dir: str | Path, out_dir: str | Path, settings: Baselin
             estimator, params, val_score, tried = tune(baseline, settings, X_train, y_train_i, X_val, y_val_i)
             tuned_seconds = time.perf_counter() - started
             y_pred = [LABELS[i] for i in estimator.predict(X_test)]
-            provenance = {
-                "baseline": name,
-                "display_name": baseline.display,
-                "estimator": repr(estimator),
-                "chosen_params": params,
-                "validation_f1_weighted": val_score,
-                "candidates": tried,
-                "best_epoch": getattr(estimator, "best_epoch_", None),
-                "history": getattr(estimator, "history_", None),
-                "split": "test",
-                "n_train": len(train),
-                "n_validation": len(validation),
-                "n_examples": len(test),
-                "input": "abstract",
-                "corpus": str(Path(corpus_dir).resolve()),
-                "data_sha256": data_sha256,
-                "settings": dataclasses.asdict(settings),
-                "seconds": round(tuned_seconds, 1),
-                "versions": library_versions(),
-            }
-            report = classification_report(y_test, y_pred, LABELS, provenance)
+            record = provenance.build(
+                corpus_dir=corpus_dir,
+                baseline=name,
+                display_name=baseline.display,
+                estimator=repr(estimator),
+                chosen_params=params,
+                validation_f1_weighted=val_score,
+                candidates=tried,
+                best_epoch=getattr(estimator, "best_epoch_", None),
+                history=getattr(estimator, "history_", None),
+                split="test",
+                n_train=len(train),
+                n_validation=len(validation),
+                n_examples=len(test),
+                input="abstract",
+                settings=dataclasses.asdict(settings),
+                seconds=round(tuned_seconds, 1),
+            )
+            report = classification_report(y_test, y_pred, LABELS, record)
             predictions = [
                 Prediction(id=f"classify-{p.arxiv_id}", task="classify", input=p.abstract,
                            reference=LABEL_TO_ANSWER[p.primary_category], prediction=LABEL_TO_ANSWER[pred],
@@ -411,9 +408,8 @@ def run_baselines(corpus_dir: str | Path, out_dir: str | Path, settings: Baselin
                 "validation_f1_weighted": val_score,
                 "seconds": round(tuned_seconds, 1),
             }
-        summary["provenance"] = {"corpus": str(Path(corpus_dir).resolve()), "data_sha256": data_sha256,
-                                 "settings": dataclasses.asdict(settings), "n_train": len(train),
-                                 "n_validation": len(validation), "n_test": len(test), "versions": library_versions()}
+        summary["provenance"] = provenance.build(corpus_dir=corpus_dir, settings=dataclasses.asdict(settings),
+                                                 n_train=len(train), n_validation=len(validation), n_test=len(test))
         atomic_write_json(tmp / "summary.json", summary)
         plot_baselines(summary["baselines"], tmp / "baselines.png")
     return summary

@@ -20,7 +20,6 @@ produced a usable answer unprompted.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import random
 import re
@@ -29,11 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from econlm import provenance
 from econlm.backends import Decoding
 from econlm.data.corpus import load_papers, split_files
 from econlm.data.templates import ANSWER_TO_LABEL, CLASSIFY, LABEL_TO_ANSWER, TITLE
 from econlm.errors import UserError
-from econlm.io import atomic_dir, atomic_write_json, sha256_file, write_jsonl
+from econlm.io import atomic_dir, atomic_write_json, write_jsonl
 from econlm.metrics import classification_report, plot_confusion_matrix, title_report
 from econlm.types import CATEGORIES, SPLITS, MetricReport, Paper, Prediction
 
@@ -44,7 +44,6 @@ ANSWERS = [LABEL_TO_ANSWER[label] for label in LABELS]
 TITLE_DECODING = Decoding(max_new_tokens=40)  # test titles are at most 34 tokens (SmolLM2 and Gemma tokenizers)
 # Room for a short sentence around the answer ("The paper belongs to the Econometrics category").
 FREE_GENERATION_DECODING = Decoding(max_new_tokens=16)
-LIBRARIES = ("torch", "transformers", "peft", "accelerate", "tokenizers", "rouge-score", "sacrebleu", "scikit-learn")
 
 
 @dataclass(frozen=True)
@@ -137,16 +136,6 @@ def training_record(model_ref: str) -> dict[str, Any] | None:
         "corpus_sha256": run.get("data", {}).get("corpus_sha256")}
 
 
-def library_versions() -> dict[str, str]:
-    versions = {}
-    for dist in LIBRARIES:
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def resolve_prompting(prompting: str, backend) -> str:
     if prompting not in PROMPTINGS:
         raise UserError(f"unknown prompting {prompting!r}: choose from {', '.join(PROMPTINGS)}")
@@ -205,28 +194,25 @@ def evaluate(
         report.metrics["free_generation_accuracy"] = sum(x == p.label for x, p in zip(parsed, predictions)) / len(parsed)
     seconds = time.perf_counter() - started
 
-    report.provenance = {
-        "task": task,
-        "split": split,
-        "n_examples": len(papers),
-        "limit": limit,
-        "corpus": str(Path(corpus_dir).resolve()),
-        "data_sha256": {name: sha256_file(path) for name, path in split_files(corpus_dir).items()},
-        "model": backend.describe(),
-        "prompting": mode,
-        "prompt_template": template_id,
-        "one_shot_example": shot.arxiv_id if shot else None,
-        "training_run": training,
-        "decoding": dataclasses.asdict(decoding) if task == "title" else None,
-        "free_generation_decoding": dataclasses.asdict(FREE_GENERATION_DECODING) if task == "classify" else None,
-        "scoring": "sum log-prob of each answer (constrained)" if task == "classify" else None,
-        "seed": seed,
-        "batch_size": backend.batch_size,
-        "seconds": round(seconds, 2),
-        "examples_per_second": round(len(papers) / seconds, 3),
-        "versions": library_versions(),
-        **_machine(),
-    }
+    report.provenance = provenance.build(
+        corpus_dir=corpus_dir,
+        model=backend,
+        seed=seed,
+        task=task,
+        split=split,
+        n_examples=len(papers),
+        limit=limit,
+        prompting=mode,
+        prompt_template=template_id,
+        one_shot_example=shot.arxiv_id if shot else None,
+        training_run=training,
+        decoding=dataclasses.asdict(decoding) if task == "title" else None,
+        free_generation_decoding=dataclasses.asdict(FREE_GENERATION_DECODING) if task == "classify" else None,
+        scoring="sum log-prob of each answer (constrained)" if task == "classify" else None,
+        batch_size=backend.batch_size,
+        seconds=round(seconds, 2),
+        examples_per_second=round(len(papers) / seconds, 3),
+    )
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "predictions.jsonl", predictions)
         atomic_write_json(tmp / "metrics.json", report.model_dump(mode="json"))
@@ -236,14 +222,6 @@ def evaluate(
                 f"{backend.model_ref} ({mode}), {split} n={len(papers)}",
             )
     return report
-
-
-def _machine() -> dict[str, Any]:
-    from econlm.bench.common import machine
-
-    info = machine()
-    info.pop("versions")  # recorded in full under "versions"
-    return {"date": info.pop("date"), "machine": info}
 
 
 def _titles(backend, papers: list[Paper], mode: str, shot: Paper | None, decoding: Decoding):

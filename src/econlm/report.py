@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import platform
 import shutil
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -342,7 +340,7 @@ def _sample_titles(runs: list[Run], k: int = 5) -> list[str]:
 def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "econlm vs the LLaMA-2-Econ study",
                  notes: str | None = None) -> Path:
     """Build the report from run directories; returns the path of report.md."""
-    from econlm.bench.common import machine
+    from econlm.provenance import machine, utc_now
 
     runs = collect_runs(run_dirs)
     if not runs:
@@ -356,7 +354,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     versions = next((r.provenance["versions"] for r in runs if r.provenance.get("versions")), {})
 
     md = [f"# {title}", "",
-          f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by `econlm report` from "
+          f"Generated {utc_now()} by `econlm report` from "
           f"{len(runs)} runs. Study numbers are the published ones (LLaMA-2-7B, 350 test papers); ours are "
           "measured on this corpus's test split.", ""]
     if notes:
@@ -410,7 +408,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     md += [f"| {c['task']} | {c['target']} | {_fmt(c['value'], 3)} | {c['status']} |" for c in checks]
     md += ["", "## Provenance", "", *_provenance_rows(runs), "",
            f"Library versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
-           f"Machine: {host['cpu']}, {host['cores']} cores, Python {host['python']}, {platform.platform()}. "
+           f"Machine: {host['cpu']}, {host['cores']} cores, Python {host['python']}, {host['platform']}. "
            "For a GGUF run, the model hash is the file's sha256 and the adapter column holds the model it was exported "
            "from. Full per-run provenance (corpus hashes of all splits, model description, decoding, timings) is in "
            "`provenance.json`.", ""]

@@ -1,15 +1,14 @@
-"""Shared measurement helpers for the benchmarks: peak RSS, machine description, result files."""
+"""Shared measurement helpers for the benchmarks: peak RSS and result files (which carry the same
+versions, date and machine as every other record, from `econlm.provenance`)."""
 
 from __future__ import annotations
 
-import os
-import platform
 import resource
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from econlm.allocator import current_allocator
+from econlm import provenance
 from econlm.io import atomic_write_json
 
 
@@ -25,36 +24,11 @@ def peak_rss_mb() -> float:
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def machine() -> dict:
-    import importlib.metadata as md
-
-    versions = {}
-    for dist in ("torch", "transformers", "peft", "accelerate"):
-        try:
-            versions[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
-    cpu = ""
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu or platform.processor(),
-        "cores": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "versions": versions,
-        "allocator": current_allocator(),  # glibc malloc vs jemalloc changes speed and RSS (econlm.allocator)
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def write_result(out: str | Path, name: str, result: dict) -> Path:
     """Write OUT (a .json file, or a directory that gets NAME-<timestamp>.json) atomically."""
     out = Path(out)
     if out.suffix != ".json":
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         out = out / f"{name}-{stamp}.json"
-    atomic_write_json(out, {"benchmark": name, "machine": machine(), **result})
+    atomic_write_json(out, {"benchmark": name, **provenance.environment(), **result})
     return out

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from econlm import provenance
 from econlm.backends import Decoding
 from econlm.data.corpus import load_papers, split_files
 from econlm.data.templates import QA
@@ -70,9 +71,6 @@ def evaluate_qa(
     backend=None,
 ) -> MetricReport:
     """Q&A metrics on the split's pairs, plus MMLU-econ accuracy unless `mmlu_dir` is "" (skip)."""
-    from econlm.bench.common import machine
-    from econlm.evaluate import library_versions
-
     qa_file = Path(qa_file)
     if not qa_file.is_file():
         raise UserError(f"{qa_file}: no Q&A file (write one with `econlm qa synthesize`)")
@@ -107,32 +105,27 @@ def evaluate_qa(
             "mmlu_n": mmlu["n"],
             "mmlu": mmlu,
         })
-    host = machine()
-    report.provenance = {
-        "task": "qa",
-        "split": split,
-        "n_examples": len(pairs),
-        "limit": limit,
-        "qa_file": str(qa_file),
-        "qa_file_sha256": sha256_file(qa_file),
-        "corpus": str(Path(corpus_dir).resolve()),
-        "data_sha256": {name: sha256_file(path) for name, path in split_files(corpus_dir).items()},
-        "mmlu_dir": str(mmlu_path) if mmlu_path else None,
-        "mmlu_scoring": f"{shots}-shot from dev; log-likelihood of ' A'..' D' (accuracy) and of each option "
-                        "text per byte (accuracy_option_text)" if mmlu_path else None,
-        "model": backend.describe() if hasattr(backend, "describe") else {"backend": backend.name},
-        "prompting": "zero-shot chat, closed book",
-        "prompt_template": QA.id,
-        "answer": "reply up to its first blank line",
-        "decoding": dataclasses.asdict(decoding),
-        "seed": seed,
-        "batch_size": getattr(backend, "batch_size", None),
-        "qa_seconds": round(qa_seconds, 2),
-        "seconds": round(time.perf_counter() - started, 2),
-        "versions": library_versions(),
-        "date": host.pop("date"),
-        "machine": host,
-    }
+    report.provenance = provenance.build(
+        corpus_dir=corpus_dir,
+        model=backend,
+        seed=seed,
+        task="qa",
+        split=split,
+        n_examples=len(pairs),
+        limit=limit,
+        qa_file=str(qa_file),
+        qa_file_sha256=sha256_file(qa_file),
+        mmlu_dir=str(mmlu_path) if mmlu_path else None,
+        mmlu_scoring=f"{shots}-shot from dev; log-likelihood of ' A'..' D' (accuracy) and of each option "
+                     "text per byte (accuracy_option_text)" if mmlu_path else None,
+        prompting="zero-shot chat, closed book",
+        prompt_template=QA.id,
+        answer="reply up to its first blank line",
+        decoding=dataclasses.asdict(decoding),
+        batch_size=getattr(backend, "batch_size", None),
+        qa_seconds=round(qa_seconds, 2),
+        seconds=round(time.perf_counter() - started, 2),
+    )
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "predictions.jsonl", predictions)
         if mmlu_rows:

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from econlm import provenance
 from econlm.backends import Backend, Decoding, Messages
 from econlm.data.build import drop_leaks
 from econlm.data.corpus import load_corpus
@@ -484,9 +485,9 @@ def synthesize(
     papers = select_papers(corpus_dir, split, limit, seed)
     store = ResumableStore(out)
     pending = [p for p in papers if p.arxiv_id not in store.done]
-    run = {"split": split, "teacher": teacher, "prompt": prompt.id, "pairs_asked": n_pairs, "selected": len(papers),
-           "already_done": len(papers) - len(pending), "finished": 0, "failed": 0, "errors": [],
-           "pairs_dropped_on_recovery": store.recovered_pairs_dropped}
+    run = provenance.build(corpus_dir=corpus_dir, seed=seed, split=split, teacher=teacher, prompt=prompt.id,
+                           pairs_asked=n_pairs, selected=len(papers), already_done=len(papers) - len(pending),
+                           finished=0, failed=0, errors=[], pairs_dropped_on_recovery=store.recovered_pairs_dropped)
     started = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"qa {split}", unit="paper", disable=not progress, mininterval=2)
 
