@@ -1,6 +1,9 @@
-"""Copy a training run's best adapter into models/econlm-smollm2-135m/ (the shipped model).
+"""Copy a training run's best adapter into the folder econlm ships as the model `econlm`.
 
-Usage: python scripts/ship_adapter.py RUN_DIR [--dest models/econlm-smollm2-135m]
+The default destination is that folder inside the econlm package (src/econlm/adapters/econlm-smollm2-135m/,
+which models/econlm-smollm2-135m links to in a checkout), so the next wheel carries the new adapter.
+
+Usage: .venv/bin/python scripts/ship_adapter.py RUN_DIR [--dest DIR]
 
 Copies the run's self-description (adapter safetensors, config, tokenizer, chat template,
 econlm_run.json, metrics.json, train_log.jsonl, train_curve.png) without checkpoints/ (optimizer
@@ -14,13 +17,10 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "src"))
-
-from econlm.io import atomic_dir  # noqa: E402
+from econlm.io import atomic_dir
+from econlm.models import SHIPPED_ADAPTER_DIR
 
 SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "econlm_run.json", "metrics.json",
@@ -64,7 +64,7 @@ SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--dest", type=Path, default=REPO_ROOT / "models" / "econlm-smollm2-135m")
+    parser.add_argument("--dest", type=Path, default=SHIPPED_ADAPTER_DIR)
     args = parser.parse_args()
     run = json.loads((args.run_dir / "econlm_run.json").read_text())
     metrics = json.loads((args.run_dir / "metrics.json").read_text())

@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from econlm.config import CONFIGS_DIR, load_config
+from econlm.config import PRESETS_DIR, load_config
 from econlm.errors import UserError
 
-PRESETS = sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml"))
+PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def test_the_issue_presets_are_shipped():
     assert {"cpu-smollm2-lora", "debug", "llama2-7b-qlora"} <= set(PRESETS)
-    assert (CONFIGS_DIR / "accelerate" / "ddp.yaml").is_file()
+    assert (PRESETS_DIR / "accelerate" / "ddp.yaml").is_file()
 
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_parses_and_names_its_launch_command(preset):
     config = load_config(preset)
-    header = [line for line in (CONFIGS_DIR / f"{preset}.yaml").read_text().splitlines() if line.startswith("#")]
+    header = [line for line in (PRESETS_DIR / f"{preset}.yaml").read_text().splitlines() if line.startswith("#")]
     assert any(f"econlm train --config configs/{preset}.yaml" in line for line in header)
     assert config.train.micro_batch_tokens >= config.data.max_length
 
@@ -31,7 +31,7 @@ def test_every_preset_parses_and_names_its_launch_command(preset):
 def test_ddp_recipe_is_a_valid_accelerate_config():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    cluster = load_config_from_file(str(CONFIGS_DIR / "accelerate" / "ddp.yaml"))
+    cluster = load_config_from_file(str(PRESETS_DIR / "accelerate" / "ddp.yaml"))
     assert cluster.distributed_type.value == "MULTI_GPU"
     assert cluster.mixed_precision == "no"  # econlm's own autocast decides precision
 

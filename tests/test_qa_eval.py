@@ -84,4 +84,4 @@ def test_eval_task_qa_scores_the_committed_test_pairs(tiny_llama, shared_corpus,
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["task"] == "qa" and saved["metrics"]["n"] == 3
     assert saved["metrics"]["mmlu_n"] > 0 and saved["provenance"]["decoding"]["max_new_tokens"] == 8
-    assert saved["provenance"]["qa_file"].endswith("data/qa/econ-qa.jsonl")
+    assert saved["provenance"]["qa_file"].endswith("econlm/datasets/qa/econ-qa.jsonl")  # the shipped Q&A set

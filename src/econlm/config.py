@@ -1,4 +1,5 @@
-"""Validated configuration for `econlm train`, loaded from YAML presets under `configs/`.
+"""Validated configuration for `econlm train`, loaded from the YAML presets shipped in `econlm/presets/`
+(`configs/` in a checkout) or from any YAML file.
 
 Every field is declared (and documented) here; unknown keys are errors, so a typo such as
 `train.learning_rte` fails at load time instead of silently training with the default (the
@@ -16,10 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from econlm.errors import UserError
-from econlm.paths import REPO_ROOT
+from econlm.paths import package_data
 from econlm.types import TASKS
 
-CONFIGS_DIR = REPO_ROOT / "configs"
+PRESETS_DIR = package_data("presets")
 DEFAULT_PRESET = "cpu-smollm2-lora"
 
 
@@ -142,15 +143,15 @@ class TrainConfig(_Section):
 
 
 def preset_path(name_or_path: str | Path) -> Path:
-    """A preset name (`debug`) or a YAML path."""
+    """A shipped preset's name (`debug`) or a YAML path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.is_file():
             raise UserError(f"{path}: no such config file")
         return path
-    candidate = CONFIGS_DIR / f"{name_or_path}.yaml"
+    candidate = PRESETS_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        known = ", ".join(sorted(p.stem for p in CONFIGS_DIR.glob("*.yaml")))
+        known = ", ".join(sorted(p.stem for p in PRESETS_DIR.glob("*.yaml")))
         raise UserError(f"unknown preset {name_or_path!r} (known: {known}; or give a .yaml path)")
     return candidate
 

@@ -2,11 +2,15 @@
 
 User state (converted models, indexes, caches) lives under one overridable home, like llm's
 `LLM_USER_PATH`: `$ECONLM_HOME`, default `~/.cache/econlm`. The corpus defaults to `$ECONLM_DATA`.
+What ships with econlm (presets, the Q&A set, the shipped adapters) is package data, found through
+`importlib.resources` so an installed wheel finds it wherever it lives; nothing is looked up from
+the repository root (a wheel has none).
 """
 
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 from econlm.errors import UserError
@@ -16,7 +20,12 @@ from econlm.errors import UserError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+
+def package_data(relative: str) -> Path:
+    """A file or folder shipped inside the econlm package, e.g. `presets` or `datasets/qa/econ-qa.jsonl`.
+
+    pip installs wheels unpacked, so the resource is a real path that any library can open."""
+    return Path(str(files("econlm").joinpath(relative)))
 
 
 def econlm_home() -> Path:
@@ -27,16 +36,14 @@ def econlm_home() -> Path:
 
 
 def default_corpus() -> Path:
-    """The corpus directory from `$ECONLM_DATA`, or the shared checkout beside the repo."""
+    """The corpus directory from `$ECONLM_DATA`; there is no fallback, since an installed econlm has no
+    checkout to look beside (the Makefile points `$ECONLM_DATA` at ../shared/data/arxiv-econ)."""
     env = os.environ.get("ECONLM_DATA")
     if env:
         return Path(env)
-    beside = REPO_ROOT.parent / "shared" / "data" / "arxiv-econ"
-    if beside.is_dir():
-        return beside
     raise UserError("no corpus given: pass --corpus DIR or set ECONLM_DATA")
 
 
 def shipped_models_dir() -> Path:
-    """Adapters committed with the project (`models/` at the repo root)."""
-    return REPO_ROOT / "models"
+    """Adapters that ship with econlm, one folder each (`models/` in a checkout links here)."""
+    return package_data("adapters")

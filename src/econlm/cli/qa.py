@@ -89,11 +89,11 @@ def datasheet(qa_file, notes, examples, seed, out) -> None:
 @click.option("--model", default="econlm", show_default=True,
               help="'econlm' (shipped adapter), an adapter or run dir, a packaged name, a HF folder, a .gguf or a hub id.")
 @click.option("--qa-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Q&A JSONL with reference answers [default: the committed data/qa/econ-qa.jsonl].")
+              help="Q&A JSONL with reference answers [default: the shipped econ-qa.jsonl, data/qa/ in a checkout].")
 @click.option("--split", default="test", show_default=True, help="Score the pairs of this split's papers.")
 @click.option("--limit", type=int, default=None, help="Score a seeded random subset of N pairs.")
 @click.option("--mmlu-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="MMLU CSVs <subject>_{dev,val}.csv [default: ../shared/data/mmlu-econ].")
+              help="MMLU CSVs <subject>_{dev,val}.csv [default: mmlu-econ/ beside the corpus directory].")
 @click.option("--no-mmlu", is_flag=True, help="Skip the MMLU-econ multiple-choice check.")
 @click.option("--shots", default=5, show_default=True, help="MMLU worked examples from each subject's dev file.")
 @click.option("--batch-size", default=16, show_default=True, help="Examples per forward pass.")

@@ -11,7 +11,7 @@ from econlm.cli._base import bench, corpus_option, main
 
 @main.command()
 @click.option("--config", "config_name", default=None,
-              help="Preset name (configs/<name>.yaml) or YAML path [default: cpu-smollm2-lora].")
+              help="Shipped preset name (configs/<name>.yaml in a checkout) or YAML path [default: cpu-smollm2-lora].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config field, e.g. --set train.max_steps=10 (repeatable; value parsed as YAML).")
 @corpus_option

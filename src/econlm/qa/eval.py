@@ -22,11 +22,11 @@ from econlm.data.templates import QA
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, sha256_file, write_jsonl
 from econlm.metrics import qa_report, token_f1
-from econlm.paths import REPO_ROOT
+from econlm.paths import package_data
 from econlm.qa.mmlu import N_SHOTS, default_mmlu_dir, evaluate_mmlu
 from econlm.types import MetricReport, Prediction, QAPair
 
-DEFAULT_QA_FILE = REPO_ROOT / "data" / "qa" / "econ-qa.jsonl"  # the committed Q&A set
+DEFAULT_QA_FILE = package_data("datasets/qa/econ-qa.jsonl")  # the shipped Q&A set
 # Reference answers are at most 60 words (the synthesis filter), about 80 SmolLM2 tokens.
 QA_DECODING = Decoding(max_new_tokens=96)
 
@@ -94,7 +94,7 @@ def evaluate_qa(
     ]
 
     mmlu_rows: list[dict[str, Any]] = []
-    mmlu_path = default_mmlu_dir() if mmlu_dir is None else (Path(mmlu_dir) if str(mmlu_dir) else None)
+    mmlu_path = default_mmlu_dir(corpus_dir) if mmlu_dir is None else (Path(mmlu_dir) if str(mmlu_dir) else None)
     if mmlu_path is not None:
         mmlu, mmlu_rows = evaluate_mmlu(backend, mmlu_path, shots)
         report.metrics.update({

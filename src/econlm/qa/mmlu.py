@@ -1,7 +1,9 @@
 """MMLU economics subjects as a general-knowledge check: does domain tuning keep textbook economics?
 
 Data: `{subject}_dev.csv` (5 worked examples) and `{subject}_val.csv` (scored) per subject, CSV
-without header: question, A, B, C, D, answer letter (../shared/data/mmlu-econ).
+without header: question, A, B, C, D, answer letter. By default they are read from `mmlu-econ/` beside the
+corpus directory, the layout of the shared data (../shared/data/{arxiv-econ,mmlu-econ}); its README asks
+that the files stay there rather than be copied into the project, so they do not ship in the package.
 
 Two scorings, both 5-shot from the subject's dev file and both by log-likelihood (no parsing):
 - `accuracy` (the MMLU standard, Hendrycks et al.): the prompt lists the lettered options and
@@ -35,10 +37,9 @@ class MCQuestion:
     answer: str  # "A".."D"
 
 
-def default_mmlu_dir() -> Path:
-    from econlm.paths import REPO_ROOT
-
-    return REPO_ROOT.parent / "shared" / "data" / "mmlu-econ"
+def default_mmlu_dir(corpus_dir: str | Path) -> Path:
+    """`mmlu-econ/` beside the corpus directory (`--mmlu-dir` overrides it)."""
+    return Path(corpus_dir).resolve().parent / "mmlu-econ"
 
 
 def read_questions(path: Path, subject: str) -> list[MCQuestion]:
