@@ -33,9 +33,22 @@ class FakeBackend:
     """A deterministic model that follows the protocol and records every conversation it sees."""
 
     name = "fake:deterministic"
+    model_ref = None
+    batch_size = 1
+    has_chat_template = True
+    has_tokenizer = True
 
     def __init__(self) -> None:
         self.conversations: list[Messages] = []
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "kind": "fake", "chat_template": True}
+
+    def chat_prompt(self, conversation: Messages) -> str:
+        return "".join(f"<{m['role']}>{m['content']}\n" for m in conversation) + "<assistant>"
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
 
     def _reply(self, conversation: Messages, variant: int) -> str:
         self.conversations.append(conversation)
@@ -66,16 +79,33 @@ class FakeBackend:
         for piece in re.findall(r"\S+\s*", self._reply(conversation, 0)):
             yield piece
 
+    def complete(self, prompts: Sequence[str], decoding: Decoding = Decoding(), stop: Sequence[str] = ()) -> list[list[str]]:
+        """A title from the first line of the last abstract in each prompt, cut before the first stop string."""
+        queries = [prompt.rsplit("Abstract:", 1)[-1].strip().split("\n", 1)[0] for prompt in prompts]
+        replies = self.chat([[{"role": "user", "content": query}] for query in queries], decoding)
+        return [[_cut(reply, stop) for reply in row] for row in replies]
+
     def score_options(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
         """Log-softmax of how often each option's first six letters occur in the abstract."""
-        results = []
         for conversation in conversations:
             self.conversations.append(conversation)
-            text = conversation[-1]["content"].split("Abstract:", 1)[-1].lower()
-            counts = [text.count(option.lower()[:6]) for option in options]
-            log_total = math.log(sum(math.exp(c) for c in counts))
-            results.append([c - log_total for c in counts])
-        return results
+        return [_count_scores(c[-1]["content"], options) for c in conversations]
+
+    def score_text_options(self, prefixes: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        return [_count_scores(prefix, [option.strip() for option in options]) for prefix in prefixes]
+
+
+def _count_scores(text: str, options: Sequence[str]) -> list[float]:
+    text = text.split("Abstract:")[-1].lower()
+    counts = [text.count(option.lower()[:6]) for option in options]
+    log_total = math.log(sum(math.exp(c) for c in counts))
+    return [c - log_total for c in counts]
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    for s in stop:
+        text = text.split(s, 1)[0]
+    return text
 
 
 class HashEmbedder:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from econlm.data.build import build_datasets, load_examples
-from econlm.data.templates import ANSWER_TO_LABEL, CLASSIFY, TITLE, get_template
+from econlm.data.templates import ANSWER_TO_LABEL, CLASSIFY, QA, TITLE
 from econlm.errors import UserError
 from econlm.types import QAPair
 
@@ -81,7 +81,7 @@ def test_qa_examples_follow_their_paper_split(small_corpus, tmp_path):
     train = sorted(load_examples(tmp_path / "ds", "qa", "train"), key=lambda e: e.id)
     assert [e.id for e in train] == [f"qa-{ids['train']}-1", f"qa-{ids['train']}-2"]
     assert [m.role for m in train[1].messages] == ["system", "user", "assistant", "user", "assistant"]
-    assert train[0].template == get_template("qa").id
+    assert train[0].template == QA.id
 
 
 def test_qa_task_needs_a_qa_file(small_corpus, tmp_path):

@@ -16,10 +16,10 @@ import pytest
 
 from econlm.backends import Decoding
 from econlm.data.build import build_datasets
+from econlm.data.templates import SYNTHESIS_PAIRS
 from econlm.errors import UserError
 from econlm.qa.datasheet import render_datasheet
 from econlm.qa.synthesize import (
-    PAIRS_PROMPT,
     Filters,
     content_stems,
     parse_reply,
@@ -230,7 +230,7 @@ def test_every_filter_is_counted_and_transient_errors_are_retried(teacher_server
     pairs = read_pairs(out)
     assert len(pairs) == totals["kept"]
     assert {p.teacher for p in pairs} == {TEACHER}
-    assert {p.prompt_version for p in pairs} == {PAIRS_PROMPT.id}
+    assert {p.prompt_version for p in pairs} == {SYNTHESIS_PAIRS.id}
     assert {p.split for p in pairs} == {"test"}
     assert all(p.support >= Filters().min_answer_support for p in pairs)
     assert sorted(p.source_id for p in pairs).count("2101.00003") == 4

@@ -57,7 +57,7 @@ def test_answer_cites_the_passages_it_was_given(retriever):
     result = rag_answer.answer("What do central banks do about inflation?", hits, FakeBackend(), where="x")
     assert "[econ.pdf, p. 1]" in result.text and result.citations[0] == "[econ.pdf, p. 1]"
     assert result.passages[0].page == 1 and result.unsupported_citations == []
-    assert result.prompt_version == rag_answer.PROMPT_VERSION
+    assert result.prompt_version == rag_answer.RAG.id
 
 
 def test_finalize_separates_unsupported_citations(retriever):

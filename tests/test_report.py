@@ -31,7 +31,7 @@ def write_title_run(folder, predictions, kind, prompting="zero-shot"):
     result = title_report(predictions, REFERENCES, model_provenance(kind, prompting))
     atomic_write_json(folder / "metrics.json", result.model_dump(mode="json"))
     write_jsonl(folder / "predictions.jsonl", [
-        {"id": f"title-{i}", "task": "title", "input": "", "reference": r, "prediction": p}
+        {"id": f"title-{i}", "task": "title", "input": "", "reference": r, "prediction": p, "raw_output": p}
         for i, (p, r) in enumerate(zip(predictions, REFERENCES))])
     return result
 
@@ -120,7 +120,8 @@ def test_exported_gguf_runs_are_set_beside_their_source_model(run_dirs):
     exported = title_report(["Demand estimation with markets"], REFERENCES[:1], provenance)
     atomic_write_json(gguf / "metrics.json", exported.model_dump(mode="json"))
     write_jsonl(gguf / "predictions.jsonl", [{"id": "title-0", "task": "title", "input": "", "reference": REFERENCES[0],
-                                             "prediction": "Demand estimation with markets"}])
+                                             "prediction": "Demand estimation with markets",
+                                             "raw_output": "Demand estimation with markets"}])
     text = report.write_report([root / "tuned-title", root / "base-title", gguf], root / "report").read_text()
     parity = json.loads((root / "report" / "results.json").read_text())["export_parity"]
     rouge1 = next(p for p in parity if p["metric"] == "rouge1_f")

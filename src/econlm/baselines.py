@@ -345,7 +345,7 @@ def run_baselines(corpus_dir: str | Path, out_dir: str | Path, settings: Baselin
     from econlm.evaluate import LABELS, load_split
     from econlm.io import atomic_dir, atomic_write_json, write_jsonl
     from econlm.metrics import classification_report, plot_confusion_matrix
-    from econlm.types import Prediction
+    from econlm.types import ClassifyPrediction
 
     registry = _registry()
     unknown = [n for n in settings.names if n not in registry]
@@ -392,9 +392,9 @@ def run_baselines(corpus_dir: str | Path, out_dir: str | Path, settings: Baselin
             )
             report = classification_report(y_test, y_pred, LABELS, record)
             predictions = [
-                Prediction(id=f"classify-{p.arxiv_id}", task="classify", input=p.abstract,
-                           reference=LABEL_TO_ANSWER[p.primary_category], prediction=LABEL_TO_ANSWER[pred],
-                           label=p.primary_category, predicted_label=pred)
+                ClassifyPrediction(id=f"classify-{p.arxiv_id}", task="classify", input=p.abstract,
+                                   reference=LABEL_TO_ANSWER[p.primary_category], prediction=LABEL_TO_ANSWER[pred],
+                                   label=p.primary_category, predicted_label=pred)
                 for p, pred in zip(test, y_pred)
             ]
             write_jsonl(tmp / name / "predictions.jsonl", predictions)

@@ -24,18 +24,18 @@ import json
 import random
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from econlm import provenance
 from econlm.backends import Decoding
 from econlm.data.corpus import load_papers, split_files
-from econlm.data.templates import ANSWER_TO_LABEL, CLASSIFY, LABEL_TO_ANSWER, TITLE
+from econlm.data.templates import (ANSWER_TO_LABEL, CLASSIFY, LABEL_TO_ANSWER, ONE_SHOT_CLASSIFY, ONE_SHOT_TITLE,
+                                   TITLE)
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, write_jsonl
 from econlm.metrics import classification_report, plot_confusion_matrix, title_report
-from econlm.types import CATEGORIES, SPLITS, MetricReport, Paper, Prediction
+from econlm.types import CATEGORIES, SPLITS, LMClassifyPrediction, MetricReport, Paper, TitlePrediction
 
 EVAL_TASKS = ("title", "classify")
 PROMPTINGS = ("auto", "zero-shot", "one-shot")
@@ -44,41 +44,6 @@ ANSWERS = [LABEL_TO_ANSWER[label] for label in LABELS]
 TITLE_DECODING = Decoding(max_new_tokens=40)  # test titles are at most 34 tokens (SmolLM2 and Gemma tokenizers)
 # Room for a short sentence around the answer ("The paper belongs to the Econometrics category").
 FREE_GENERATION_DECODING = Decoding(max_new_tokens=16)
-
-
-@dataclass(frozen=True)
-class CompletionTemplate:
-    """A named, versioned one-shot completion prompt: instruction, one worked example, the query."""
-
-    name: str
-    version: str
-    task: str
-    instruction: str
-    shot: str  # str.format over {abstract} and {answer}; the query is the shot with an empty answer
-
-    @property
-    def id(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def render(self, example_abstract: str, example_answer: str, abstract: str) -> str:
-        worked = self.shot.format(abstract=example_abstract, answer=f" {example_answer}")
-        return f"{self.instruction}\n\n{worked}\n\n{self.shot.format(abstract=abstract, answer='')}"
-
-
-ONE_SHOT_TITLE = CompletionTemplate(
-    name="econ-title-oneshot",
-    version="1",
-    task="title",
-    instruction="Titles of arXiv economics papers, written from their abstracts.",
-    shot="Abstract: {abstract}\nTitle:{answer}",
-)
-ONE_SHOT_CLASSIFY = CompletionTemplate(
-    name="econ-classify-oneshot",
-    version="1",
-    task="classify",
-    instruction="arXiv economics papers, each classified as Econometrics, General Economics or Theoretical Economics.",
-    shot="Abstract: {abstract}\nCategory:{answer}",
-)
 
 
 def check_task(task: str) -> str:
@@ -234,8 +199,8 @@ def _titles(backend, papers: list[Paper], mode: str, shot: Paper | None, decodin
         outputs = backend.complete(prompts, decoding, stop=["\n"])
         template_id = ONE_SHOT_TITLE.id
     predictions = [
-        Prediction(id=f"title-{p.arxiv_id}", task="title", input=p.abstract, reference=p.title,
-                   prediction=first_line(out[0]), raw_output=out[0])
+        TitlePrediction(id=f"title-{p.arxiv_id}", task="title", input=p.abstract, reference=p.title,
+                        prediction=first_line(out[0]), raw_output=out[0])
         for p, out in zip(papers, outputs)
     ]
     return predictions, template_id
@@ -257,7 +222,7 @@ def _classify(backend, papers: list[Paper], mode: str, shot: Paper | None):
     for paper, row, out in zip(papers, scores, free):
         best = max(range(len(ANSWERS)), key=row.__getitem__)
         predictions.append(
-            Prediction(
+            LMClassifyPrediction(
                 id=f"classify-{paper.arxiv_id}", task="classify", input=paper.abstract,
                 reference=LABEL_TO_ANSWER[paper.primary_category], prediction=ANSWERS[best],
                 label=paper.primary_category, predicted_label=LABELS[best],

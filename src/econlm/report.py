@@ -17,7 +17,7 @@ from typing import Any
 
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text
-from econlm.types import CATEGORIES
+from econlm.types import CATEGORIES, Prediction, read_predictions
 
 # The published numbers of the LLaMA-2-Econ study (LLaMA-2-7B + QLoRA on arXiv econ.EM/GN/TH
 # abstracts; 350 test papers), Tables 1 and 2, as quoted in the project's DESIGN.md.
@@ -223,12 +223,12 @@ def target_checks(runs: list[Run]) -> list[dict]:
     return checks
 
 
-def _predictions(run: Run) -> dict[str, dict]:
+def _predictions(run: Run) -> dict[str, Prediction]:
     """A run's predictions.jsonl rows by example id ({} when the run wrote none)."""
     path = run.path / "predictions.jsonl"
     if not path.is_file():
         return {}
-    return {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines())}
+    return {row.id: row for row in read_predictions(path)}
 
 
 PARITY_METRICS = {"title": ["rouge1_f", "rouge2_f", "rougeL_f", "sentence_bleu_mean"],
@@ -241,11 +241,11 @@ def export_parity(runs: list[Run]) -> list[dict]:
     source content hash `econlm export gguf` writes into the file), rescored on the papers both saw."""
     from econlm.metrics import classification_scores, qa_scores, title_scores
 
-    def scores(task: str, rows: list[dict]) -> dict[str, Any]:
+    def scores(task: str, rows: list[Prediction]) -> dict[str, Any]:
         if task == "classify":
-            return classification_scores([r["label"] for r in rows], [r["predicted_label"] for r in rows], list(CATEGORIES))
+            return classification_scores([r.label for r in rows], [r.predicted_label for r in rows], list(CATEGORIES))
         score = title_scores if task == "title" else qa_scores
-        return score([r["prediction"] for r in rows], [r["reference"] for r in rows])
+        return score([r.prediction for r in rows], [r.reference for r in rows])
 
     def content_hash(run: Run) -> str | None:
         model = run.provenance.get("model", {})
@@ -332,7 +332,7 @@ def _sample_titles(runs: list[Run], k: int = 5) -> list[str]:
     shared = [i for i in by_run[title_runs[0].label] if all(i in rows for rows in by_run.values())][:k]
     lines = ["| Reference | " + " | ".join(by_run) + " |", "|---" * (len(by_run) + 1) + "|"]
     for i in shared:
-        cells = [next(iter(by_run.values()))[i]["reference"], *(rows[i]["prediction"] for rows in by_run.values())]
+        cells = [next(iter(by_run.values()))[i].reference, *(rows[i].prediction for rows in by_run.values())]
         lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
     return lines
 

@@ -115,7 +115,6 @@ class ModelServer:
         self.model_name = model_name
         self.limits = limits
         self.created = int(time.time())
-        self._count_tokens = _token_counter(backend)
         self._model_lock: asyncio.Lock | None = None  # created inside the server's event loop
         self._waiting = 0
 
@@ -197,16 +196,18 @@ class ModelServer:
 
     # -- responses
 
-    def _usage(self, prompt: str, texts: list[str]) -> dict[str, int] | None:
-        if self._count_tokens is None:
+    def _usage(self, prompt: Callable[[], str], texts: list[str]) -> dict[str, int] | None:
+        """Token counts by the backend's own tokenizer; None (no `usage`) where it has none here,
+        and then the prompt is not rendered either."""
+        if not self.backend.has_tokenizer:
             return None
-        prompt_tokens = self._count_tokens(prompt)
-        completion_tokens = sum(self._count_tokens(t) for t in texts)
+        prompt_tokens = self.backend.count_tokens(prompt())
+        completion_tokens = sum(self.backend.count_tokens(t) for t in texts)
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
     def _finish_reason(self, text: str, max_tokens: int) -> str:
         """"length" when the reply used its whole token budget (re-counted from the text)."""
-        if self._count_tokens is not None and self._count_tokens(text) >= max_tokens:
+        if self.backend.has_tokenizer and self.backend.count_tokens(text) >= max_tokens:
             return "length"
         return "stop"
 
@@ -225,7 +226,6 @@ class ModelServer:
             self._check_capacity()  # a full queue is a 503 before the stream starts
             return StreamingResponse(self._chat_events(completion_id, conversation, decoding), media_type="text/event-stream")
         replies = (await self._run(self.backend.chat, [conversation], decoding))[0]
-        prompt = self.backend.chat_prompt(conversation) if hasattr(self.backend, "chat_prompt") else ""
         body = {
             "id": completion_id,
             "object": "chat.completion",
@@ -236,7 +236,7 @@ class ModelServer:
                 for i, text in enumerate(replies)
             ],
         }
-        if (usage := self._usage(prompt, replies)) is not None:
+        if (usage := self._usage(lambda: self.backend.chat_prompt(conversation), replies)) is not None:
             body["usage"] = usage
         return JSONResponse(body)
 
@@ -281,8 +281,6 @@ class ModelServer:
         req = await self._parse(request, CompletionRequest)
         if req.stream:
             raise RequestError(400, "stream=true is supported for chat completions only", param="stream")
-        if not hasattr(self.backend, "complete"):
-            raise RequestError(400, f"{self.backend.name} does not support plain-text completions")
         decoding = self._decoding(req, 16)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
@@ -298,7 +296,7 @@ class ModelServer:
             "model": self.model_name,
             "choices": choices,
         }
-        if (usage := self._usage("".join(prompts), [c["text"] for c in choices])) is not None:
+        if (usage := self._usage(lambda: "".join(prompts), [c["text"] for c in choices])) is not None:
             body["usage"] = usage
         return JSONResponse(body)
 
@@ -313,16 +311,6 @@ class ModelServer:
         from starlette.responses import JSONResponse
 
         return JSONResponse({"status": "ok", "model": self.model_name, "backend": self.backend.name, "waiting": self._waiting})
-
-
-def _token_counter(backend: Backend) -> Callable[[str], int] | None:
-    """Token counts for `usage` from the backend's own tokenizer, where it has one."""
-    if hasattr(backend, "tokenize"):
-        return lambda text: len(backend.tokenize(text))
-    tokenizer = getattr(backend, "tokenizer", None)
-    if tokenizer is not None:
-        return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return None
 
 
 def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimits = ServerLimits()):

@@ -2,12 +2,16 @@
 
 Paper -> Example -> (adapter dir) -> Prediction -> MetricReport
 Document -> Chunk -> (index dir) -> Answer
+
+Every field that flows is declared here. Records econlm writes and reads back itself reject
+unknown keys (a key no stage writes means a typo or a file from elsewhere); `Paper` ignores them,
+because corpus files come from harvests and metadata extracts that carry more than the pipeline uses.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,21 +40,25 @@ def normalize_ws(text: str) -> str:
 
 
 class Record(BaseModel):
-    """Base for all records: unknown fields are kept (extra fields are allowed on disk)."""
+    """Base for all records: an unknown field is an error naming the file and line."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     @classmethod
     def read_jsonl(cls, path: str | Path) -> Iterator[Any]:
-        for lineno, obj in read_jsonl(path):
-            try:
-                yield cls.model_validate(obj)
-            except ValidationError as exc:
-                raise UserError(f"{path}:{lineno}: {_first_error(exc)}") from None
+        return _validated_rows(path, cls.model_validate)
 
     @classmethod
     def write_jsonl(cls, path: str | Path, records: Iterable[Any]) -> int:
         return write_jsonl(path, records)
+
+
+def _validated_rows(path: str | Path, validate: Callable[[dict], Any]) -> Iterator[Any]:
+    for lineno, obj in read_jsonl(path):
+        try:
+            yield validate(obj)
+        except ValidationError as exc:
+            raise UserError(f"{path}:{lineno}: {_first_error(exc)}") from None
 
 
 def _first_error(exc: ValidationError) -> str:
@@ -59,8 +67,27 @@ def _first_error(exc: ValidationError) -> str:
     return f"field '{loc}': {err['msg']}"
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+class ArxivVersion(BaseModel):
+    """One version of a paper as arXiv lists it (arXivRaw metadata)."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: str  # "v1", "v2", ...
+    date: str | None  # ISO 8601 UTC, None where arXiv's date could not be read
+
+
 class Paper(Record):
-    """One arXiv paper in the corpus schema of ../shared/data/README.md."""
+    """One arXiv paper in the corpus schema of ../shared/data/README.md.
+
+    Unknown keys are ignored: other metadata extracts (the Kaggle arXiv snapshot, API pulls) carry
+    fields the pipeline never reads. What `econlm data harvest` adds (`updated`, `doi`, `versions`)
+    is declared and kept, and left out of the file when a harvest has none.
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
     arxiv_id: str
     title: str
@@ -69,6 +96,9 @@ class Paper(Record):
     categories: list[str] = Field(default_factory=list)
     authors: str | None = None
     published: str | None = None
+    updated: str | None = Field(None, exclude_if=_absent)  # date of the latest version (harvests)
+    doi: str | None = Field(None, exclude_if=_absent)
+    versions: list[ArxivVersion] | None = Field(None, exclude_if=_absent)  # arXivRaw harvests only
 
     @field_validator("arxiv_id")
     @classmethod
@@ -146,6 +176,8 @@ class QAPair(Record):
 
     Written by `econlm qa synthesize` (one JSON object per line); `turns` optionally holds a short
     multi-turn dialogue as alternating user/assistant messages that continue the first pair.
+    Hand-written files are held to the same keys: a misspelt optional field ("turn") is an error,
+    not a dialogue silently dropped from training.
     """
 
     source_id: str
@@ -167,11 +199,59 @@ class QAPair(Record):
 
 
 class Prediction(Record):
+    """One scored example of predictions.jsonl; each task's record below adds what it scores."""
+
     id: str
-    task: str
+    task: Literal["title", "classify", "qa"]
     input: str = ""
     reference: str
     prediction: str
+
+
+class TitlePrediction(Prediction):
+    task: Literal["title"]
+    raw_output: str  # the generated text; `prediction` is its first line
+
+
+class ClassifyPrediction(Prediction):
+    """A classifier's label for one paper (what the baselines write); `prediction` is its name."""
+
+    task: Literal["classify"]
+    label: str  # the true arXiv category, e.g. "econ.EM"
+    predicted_label: str
+
+
+class LMClassifyPrediction(ClassifyPrediction):
+    """A language model's classification: the option it scores highest, and what it says unprompted."""
+
+    option_logprobs: dict[str, float]  # answer name -> sum log-prob as the reply (constrained scoring)
+    free_generation: str  # the model's own short reply to the same prompt
+    free_generation_label: str | None  # the category that reply names, None when it names none or several
+
+
+class QAPrediction(Prediction):
+    task: Literal["qa"]
+    raw_output: str  # the reply; `prediction` is its first paragraph
+    token_f1: float
+    source_id: str  # arXiv id of the paper the question is about
+
+
+PREDICTION_RECORDS: dict[str, type[Prediction]] = {
+    "title": TitlePrediction, "classify": ClassifyPrediction, "qa": QAPrediction,
+}
+
+
+def prediction_record(row: dict) -> Prediction:
+    """A predictions.jsonl row as its task's record (a row with option scores is a language model's)."""
+    task = row.get("task")
+    record = LMClassifyPrediction if task == "classify" and "option_logprobs" in row else PREDICTION_RECORDS.get(task)
+    # An unknown task fails on the base record, whose `task` lists the known ones.
+    return (record or Prediction).model_validate(row)
+
+
+def read_predictions(path: str | Path) -> Iterator[Prediction]:
+    """The rows of a predictions.jsonl, each as its task's record; a bad row names file and line."""
+    return _validated_rows(path, prediction_record)
 
 
 class MetricReport(Record):
@@ -199,6 +279,11 @@ class Chunk(Record):
 
 
 class Answer(Record):
+    """A reply from retrieved passages and what it cites (`econlm.rag.answer.finalize`)."""
+
     text: str
-    citations: list[str] = Field(default_factory=list)
-    passages: list[Chunk] = Field(default_factory=list)
+    citations: list[str] = Field(default_factory=list)  # labels of retrieved passages, in order of use
+    passages: list[Chunk] = Field(default_factory=list)  # what the model read
+    unsupported_citations: list[str] = Field(default_factory=list)  # labels written that match no passage
+    attributed: list[str] = Field(default_factory=list)  # citations added after the fact to copied sentences
+    prompt_version: str | None = None  # id of the prompt template; None when the model was not asked

@@ -131,10 +131,9 @@ def show_answer(answer: Answer, expanded: bool, with_text: bool = True) -> None:
     if with_text:
         st.markdown(markdown_safe(answer.text))
     if answer.citations:
-        attributed = getattr(answer, "attributed", [])
-        note = f" ({', '.join(attributed)} added where a sentence matches the passage)" if attributed else ""
+        note = f" ({', '.join(answer.attributed)} added where a sentence matches the passage)" if answer.attributed else ""
         st.caption(markdown_safe("Cites: " + " ".join(answer.citations) + note))
-    unsupported = getattr(answer, "unsupported_citations", None)
-    if unsupported:
-        st.warning("The model also cited sources that were not retrieved: " + markdown_safe(", ".join(unsupported)))
+    if answer.unsupported_citations:
+        st.warning("The model also cited sources that were not retrieved: "
+                   + markdown_safe(", ".join(answer.unsupported_citations)))
     show_passages(answer.passages, expanded)

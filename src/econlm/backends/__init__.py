@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Messages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
 
@@ -38,7 +38,37 @@ class Decoding:
 
 @runtime_checkable
 class Backend(Protocol):
-    name: str  # e.g. "transformers:econlm", recorded in provenance
+    """What evaluation, the app, Q&A, serving and the benchmarks may use of a model, whatever runs it.
+
+    Every backend has every member; one that its engine cannot provide (an OpenAI endpoint cannot
+    score plain-text options, a base model has no chat prompt) raises one `UserError` saying so.
+    """
+
+    name: str  # the spec it runs, e.g. "transformers:econlm"; recorded in provenance
+    model_ref: ModelRef | None  # the local model it runs; None for a remote endpoint
+    batch_size: int  # conversations per forward pass (1 where the engine runs one at a time)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether chat prompts can be rendered; False for base models (use complete / score_text_options)."""
+        ...
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """Whether `count_tokens` and `chat_prompt` work here (False for a remote endpoint)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance of what runs: at least `backend` (the name) and `chat_template`."""
+        ...
+
+    def chat_prompt(self, conversation: Messages) -> str:
+        """The prompt text the model sees for the assistant's next turn (its chat template applied)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in `text` by the model's own tokenizer, special-token strings counted as one each."""
+        ...
 
     def chat(self, conversations: Sequence[Messages], decoding: Decoding = Decoding()) -> list[list[str]]:
         """Assistant replies for a batch of conversations: one list of `num_return_sequences`
@@ -49,9 +79,18 @@ class Backend(Protocol):
         """The assistant reply for one conversation, yielded piece by piece as it is generated."""
         ...
 
+    def complete(self, prompts: Sequence[str], decoding: Decoding = Decoding(), stop: Sequence[str] = ()) -> list[list[str]]:
+        """Plain-text continuations of each prompt (no chat template), each cut before the first
+        `stop` string: one list of `num_return_sequences` strings per prompt."""
+        ...
+
     def score_options(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
         """Log-likelihood of each option as the assistant's reply, per conversation
         (constrained scoring: no free-text parsing)."""
+        ...
+
+    def score_text_options(self, prefixes: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        """Log-likelihood of each option string right after each plain-text prefix (base models)."""
         ...
 
 

@@ -91,6 +91,11 @@ class TransformersBackend:
             [dict(m) for m in conversation], tokenize=False, add_generation_prompt=True
         )
 
+    has_tokenizer = True
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def _encode(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[int]]:
         return [self.tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
 

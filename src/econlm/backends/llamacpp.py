@@ -118,6 +118,11 @@ class LlamaCppBackend:
         """Token ids of `text`; special-token strings in it (e.g. <|im_start|>) count as specials."""
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
 
+    has_tokenizer = True
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenize(text))
+
     def _check_fits(self, n_prompt: int, max_new_tokens: int) -> None:
         if n_prompt + max_new_tokens > self.n_ctx:
             raise UserError(

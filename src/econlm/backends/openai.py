@@ -23,6 +23,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
@@ -35,6 +36,14 @@ TOP_LOGPROBS = 20  # the most OpenAI allows
 
 
 class OpenAIBackend:
+    """A model served behind a chat endpoint: it chats, streams and scores chat options; the
+    prompt text, its tokens and plain-text prompts stay on the server, so those calls are errors."""
+
+    model_ref = None  # nothing local: the server holds the model
+    batch_size = 1  # one conversation per request (`concurrency` requests in flight)
+    has_chat_template = True  # the server applies its model's template
+    has_tokenizer = False
+
     def __init__(
         self,
         model: str,
@@ -64,6 +73,24 @@ class OpenAIBackend:
         )
 
     # -- the Backend protocol -------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "kind": "endpoint", "base_url": self.base_url, "chat_template": True}
+
+    def chat_prompt(self, conversation: Messages) -> str:
+        raise UserError(f"{self.name}: the endpoint applies its chat template itself; the prompt text is not visible here")
+
+    def count_tokens(self, text: str) -> int:
+        raise UserError(f"{self.name}: the endpoint's tokenizer is not available here, so tokens cannot be counted")
+
+    def complete(self, prompts: Sequence[str], decoding: Decoding = Decoding(), stop: Sequence[str] = ()) -> list[list[str]]:
+        raise UserError(self._chat_only("plain-text completions (one-shot prompts of base models)"))
+
+    def score_text_options(self, prefixes: Sequence[str], options: Sequence[str]) -> list[list[float]]:
+        raise UserError(self._chat_only("scoring options after a plain-text prompt"))
+
+    def _chat_only(self, what: str) -> str:
+        return f"{self.name}: an OpenAI-compatible chat endpoint cannot do {what}; use the transformers or llamacpp engine"
 
     def chat(self, conversations: Sequence[Messages], decoding: Decoding = Decoding()) -> list[list[str]]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:

@@ -24,7 +24,7 @@ from econlm.io import atomic_dir, atomic_write_json, sha256_file, write_jsonl
 from econlm.metrics import qa_report, token_f1
 from econlm.paths import package_data
 from econlm.qa.mmlu import N_SHOTS, default_mmlu_dir, evaluate_mmlu
-from econlm.types import MetricReport, Prediction, QAPair
+from econlm.types import MetricReport, QAPair, QAPrediction
 
 DEFAULT_QA_FILE = package_data("datasets/qa/econ-qa.jsonl")  # the shipped Q&A set
 # Reference answers are at most 60 words (the synthesis filter), about 80 SmolLM2 tokens.
@@ -88,8 +88,8 @@ def evaluate_qa(
     qa_seconds = time.perf_counter() - started
     report = qa_report(answers, [p.answer for p in pairs])
     predictions = [
-        Prediction(id=f"qa-{p.source_id}-{k}", task="qa", input=p.question, reference=p.answer, prediction=a,
-                   raw_output=r, token_f1=token_f1(a, p.answer), source_id=p.source_id)
+        QAPrediction(id=f"qa-{p.source_id}-{k}", task="qa", input=p.question, reference=p.answer, prediction=a,
+                     raw_output=r, token_f1=token_f1(a, p.answer), source_id=p.source_id)
         for k, (p, a, r) in enumerate(zip(pairs, answers, raw))
     ]
 
@@ -122,7 +122,7 @@ def evaluate_qa(
         prompt_template=QA.id,
         answer="reply up to its first blank line",
         decoding=dataclasses.asdict(decoding),
-        batch_size=getattr(backend, "batch_size", None),
+        batch_size=backend.batch_size,
         qa_seconds=round(qa_seconds, 2),
         seconds=round(time.perf_counter() - started, 2),
     )

@@ -50,6 +50,7 @@ from econlm import provenance
 from econlm.backends import Backend, Decoding, Messages
 from econlm.data.build import drop_leaks
 from econlm.data.corpus import load_corpus
+from econlm.data.templates import SYNTHESIS_DIALOGUE, SYNTHESIS_PAIRS, ChatTemplate
 from econlm.errors import UserError
 from econlm.io import atomic_write_json, atomic_write_text
 from econlm.types import SPLITS, Message, Paper, QAPair, normalize_ws
@@ -60,94 +61,6 @@ TEACHER_DECODING = Decoding(max_new_tokens=256, temperature=0.3, top_p=0.9, seed
 # A dead endpoint should stop the run, not fail every remaining paper one by one.
 MAX_CONSECUTIVE_FAILURES = 5
 REPLY_EXCERPT = 600  # characters of an unparsable reply kept in the progress file
-
-
-@dataclass(frozen=True)
-class SynthesisPrompt:
-    """The teacher's instructions plus worked examples given as earlier chat turns (few-shot chat).
-
-    Small teachers (SmolLM2-135M here) ignore format rules written as prose but copy the format of
-    earlier assistant turns, so the examples carry the format. The id (`name@version`) is stored
-    in every pair the prompt produced.
-    """
-
-    name: str
-    version: str
-    system: str  # str.format over {n_pairs}
-    examples: tuple[tuple[str, str], ...]  # (abstract, the reply to imitate)
-
-    @property
-    def id(self) -> str:
-        return f"{self.name}@{self.version}"
-
-    def messages(self, abstract: str, n_pairs: int) -> Messages:
-        messages = [{"role": "system", "content": self.system.format(n_pairs=n_pairs)}]
-        for example_abstract, reply in self.examples:
-            messages += [{"role": "user", "content": f"Abstract: {example_abstract}"},
-                         {"role": "assistant", "content": reply}]
-        return [*messages, {"role": "user", "content": f"Abstract: {abstract}"}]
-
-
-_SYSTEM = (
-    "You write {n_pairs} question-answer pairs about the economics research abstract the user gives. "
-    "Each question makes sense on its own: it names the topic, method or setting instead of saying "
-    "\"this paper\". Each answer is one or two sentences stating facts from the abstract. "
-    "Write every pair on two lines: \"Q: <question>\" then \"A: <answer>\"."
-)
-# Invented abstracts (not corpus papers): they cannot leak test content, and a teacher that copies
-# them fails the support filters.
-_MINIMUM_WAGE = (
-    "We study how minimum wage increases affect teen employment in U.S. counties using a "
-    "border-discontinuity design. Employment falls by 2 percent for each 10 percent increase in the "
-    "minimum wage, mostly through reduced hiring."
-)
-_IV_TEST = (
-    "We propose a test for the validity of instruments in linear IV models with heterogeneous effects. "
-    "The test compares estimates across subsamples and has power against violations of monotonicity. "
-    "In simulations it controls size in samples of 500 observations."
-)
-PAIRS_PROMPT = SynthesisPrompt(
-    name="econ-qa-synth",
-    version="1",
-    system=_SYSTEM,
-    examples=(
-        (_MINIMUM_WAGE,
-         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
-         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
-         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
-         "A: Mostly through reduced hiring."),
-        (_IV_TEST,
-         "Q: What does the proposed instrument validity test compare?\n"
-         "A: It compares IV estimates across subsamples.\n"
-         "Q: Against which violations does the instrument validity test have power?\n"
-         "A: Against violations of monotonicity.\n"
-         "Q: How does the instrument validity test perform in simulations?\n"
-         "A: It controls size in samples of 500 observations."),
-    ),
-)
-DIALOGUE_PROMPT = SynthesisPrompt(
-    name="econ-qa-synth-dialogue",
-    version="1",
-    system=_SYSTEM + " After a pair you may add one follow-up exchange that continues the conversation: "
-    "\"Follow-up Q: <question>\" then \"Follow-up A: <answer>\".",
-    examples=(
-        (_MINIMUM_WAGE,
-         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
-         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
-         "Follow-up Q: Which research design gives this estimate?\n"
-         "Follow-up A: A border-discontinuity design across U.S. counties.\n"
-         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
-         "A: Mostly through reduced hiring."),
-        (_IV_TEST,
-         "Q: What does the proposed instrument validity test compare?\n"
-         "A: It compares IV estimates across subsamples.\n"
-         "Follow-up Q: Against which violations does this test have power?\n"
-         "Follow-up A: Against violations of monotonicity.\n"
-         "Q: How does the instrument validity test perform in simulations?\n"
-         "A: It controls size in samples of 500 observations."),
-    ),
-)
-PROMPTS = {p.id: p for p in (PAIRS_PROMPT, DIALOGUE_PROMPT)}
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -481,7 +394,7 @@ def synthesize(
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
     if not 1 <= n_pairs <= filters.max_pairs:
         raise UserError(f"--pairs must be between 1 and {filters.max_pairs}, got {n_pairs}")
-    prompt = DIALOGUE_PROMPT if dialogue else PAIRS_PROMPT
+    prompt = SYNTHESIS_DIALOGUE if dialogue else SYNTHESIS_PAIRS
     papers = select_papers(corpus_dir, split, limit, seed)
     store = ResumableStore(out)
     pending = [p for p in papers if p.arxiv_id not in store.done]
@@ -514,12 +427,16 @@ def synthesize(
     return summary
 
 
+def _conversation(prompt: ChatTemplate, abstract: str, n_pairs: int) -> Messages:
+    return [m.model_dump() for m in prompt.prompt(abstract=abstract, n_pairs=n_pairs)]
+
+
 def _run_batched(backend, papers, prompt, n_pairs, decoding, batch_size, finish) -> None:
     """In-process teacher: one batched generate call per `batch_size` papers."""
     for start in range(0, len(papers), batch_size):
         batch = papers[start: start + batch_size]
         began = time.perf_counter()
-        replies = backend.chat([prompt.messages(p.abstract, n_pairs) for p in batch], decoding)
+        replies = backend.chat([_conversation(prompt, p.abstract, n_pairs) for p in batch], decoding)
         seconds = (time.perf_counter() - began) / len(batch)
         for paper, reply in zip(batch, replies):
             finish(paper, reply[0], seconds)
@@ -532,7 +449,7 @@ def _run_concurrent(backend, papers, prompt, n_pairs, decoding, concurrency, fin
 
     def ask(paper: Paper) -> tuple[str, float]:
         began = time.perf_counter()
-        reply = backend.chat([prompt.messages(paper.abstract, n_pairs)], decoding)[0][0]
+        reply = backend.chat([_conversation(prompt, paper.abstract, n_pairs)], decoding)[0][0]
         return reply, time.perf_counter() - began
 
     consecutive_failures = 0
@@ -589,7 +506,7 @@ def tally(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def summarize(store: ResumableStore, filters: Filters, decoding: Decoding, prompt: SynthesisPrompt,
+def summarize(store: ResumableStore, filters: Filters, decoding: Decoding, prompt: ChatTemplate,
               run: dict[str, Any]) -> dict[str, Any]:
     """Counts over every finished paper in the store (all runs), the filters, and the last run."""
     return {
@@ -609,5 +526,5 @@ def summarize(store: ResumableStore, filters: Filters, decoding: Decoding, promp
             "over_limit": f"beyond the first {filters.max_pairs} kept pairs of a paper",
             "turns_dropped": "follow-up turns removed because one failed the length, context or support checks",
         },
-        "last_run": {**run, "decoding": asdict(decoding), "prompt_messages": prompt.messages("{abstract}", run["pairs_asked"])},
+        "last_run": {**run, "decoding": asdict(decoding), "prompt_messages": _conversation(prompt, "{abstract}", run["pairs_asked"])},
     }
