@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from econlm.config import load_config
-from econlm.training import train
-from econlm.training.checkpoint import PAUSE_ENV
+from econlm.errors import UserError
+from econlm.training import resume, train
+from econlm.training.checkpoint import PAUSE_ENV, TrainState, load_checkpoint
 
 OVERRIDES = ["train.max_steps=8", "train.checkpoint_every=2", "train.eval_every=3", "train.keep_checkpoints=2"]
 
@@ -127,3 +129,48 @@ def test_killed_runs_resume_to_the_uninterrupted_result(small_corpus, tmp_path):
     proc = _launch(["--resume", str(run)], log)
     assert proc.wait(timeout=300) == 0
     assert "already finished" in log.read_text()
+
+
+# trainer_state.json as econlm has written it since checkpoints were introduced: runs started then
+# must still resume, so these fields (and this file layout) are the format, not an implementation detail.
+STATE_FORMAT = ["step", "best_val_loss", "best_step", "best_val_loss_per_task", "train_seconds", "train_cpu_seconds",
+                "train_tokens", "finished"]
+CHECKPOINT_FILES = {"adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng.safetensors",
+                    "trainer_state.json"}
+
+
+def test_a_checkpoint_in_the_saved_format_resumes_to_the_same_result(small_corpus, tmp_path):
+    config = load_config("debug", [f"data.corpus={small_corpus}", "train.max_steps=4", "train.checkpoint_every=2",
+                                   "train.eval_every=3", "train.keep_checkpoints=2"])
+    run = train(config, tmp_path / "run", progress=False)
+    step2, step4 = run / "checkpoints" / "step-2", run / "checkpoints" / "step-4"
+    assert CHECKPOINT_FILES <= {p.name for p in step2.iterdir()}
+    assert set(torch.load(step2 / "optimizer.pt", weights_only=True)) == {"optimizer", "scheduler"}
+    assert "cpu" in load_file(str(step2 / "rng.safetensors"))
+    saved = json.loads((step2 / "trainer_state.json").read_text())
+    assert list(saved) == STATE_FORMAT and saved["step"] == 2 and saved["finished"] is False
+
+    # Written field by field as the format says (not by this econlm's own writer), then resumed from.
+    (step2 / "trainer_state.json").write_text(json.dumps({key: saved[key] for key in STATE_FORMAT}, indent=2))
+    finished = shutil.copy(step4 / "adapter_model.safetensors", tmp_path / "finished.safetensors")
+    final_state = json.loads((step4 / "trainer_state.json").read_text())
+    shutil.rmtree(step4)
+    resume(run, progress=False)
+    _assert_same_weights(step4 / "adapter_model.safetensors", finished)
+    resumed_state = json.loads((step4 / "trainer_state.json").read_text())
+    assert resumed_state["finished"] and resumed_state["train_tokens"] == final_state["train_tokens"]
+    assert resumed_state["best_step"] == final_state["best_step"]
+
+
+def test_a_trainer_state_with_other_fields_is_refused(tmp_path):
+    path = tmp_path / "checkpoints" / "step-2" / "trainer_state.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({**dict.fromkeys(STATE_FORMAT), "step": 2, "epoch": 1}))
+    with pytest.raises(UserError, match="not an econlm trainer state"):
+        TrainState.read(path)
+    path.write_text(json.dumps({key: 0 for key in STATE_FORMAT if key != "finished"}))
+    with pytest.raises(UserError, match="not an econlm trainer state"):
+        TrainState.read(path)
+    path.write_text(json.dumps({**dict.fromkeys(STATE_FORMAT), "step": 3}))
+    with pytest.raises(UserError, match="holds the state of step 3"):
+        load_checkpoint(path.parent, None, None, None)

@@ -13,13 +13,16 @@ numbers, read back with `weights_only=True` (no arbitrary code), and only from t
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json
 
 CHECKPOINTS = "checkpoints"
@@ -30,6 +33,31 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 # are in the temp dir and before the optimizer state is, so a test can SIGKILL a save midway
 # deterministically. Unset in normal use.
 PAUSE_ENV = "ECONLM_TEST_PAUSE_IN_CHECKPOINT_SAVE"
+
+
+@dataclass
+class TrainState:
+    """The trainer's progress, STATE_FILE of every checkpoint (one JSON object of exactly these
+    fields): with the weights, optimizer, scheduler and RNG states, all that resuming needs."""
+
+    step: int = 0
+    best_val_loss: float | None = None  # mean over tasks
+    best_step: int | None = None
+    best_val_loss_per_task: dict[str, float] | None = None
+    train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
+    train_tokens: int = 0
+    finished: bool = False
+
+    @classmethod
+    def read(cls, path: Path) -> TrainState:
+        """The state saved at `path`, refused unless it has exactly the declared fields."""
+        saved = json.loads(path.read_text())
+        declared = {field.name for field in dataclasses.fields(cls)}
+        if not isinstance(saved, dict) or set(saved) != declared:
+            fields = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise UserError(f"{path}: not an econlm trainer state (fields {fields}, expected {sorted(declared)})")
+        return cls(**saved)
 
 
 def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -48,12 +76,12 @@ def remove_partial_saves(run_dir: Path) -> list[Path]:
     return leftovers
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoints/step-N atomically, then keep only the newest `keep`."""
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
+    """Write checkpoints/step-N (N = state.step) atomically, then keep only the newest `keep`."""
     import torch
     from safetensors.torch import save_file
 
-    final = run_dir / CHECKPOINTS / f"step-{step}"
+    final = run_dir / CHECKPOINTS / f"step-{state.step}"
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         if os.environ.get(PAUSE_ENV):
@@ -63,7 +91,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
         if torch.cuda.is_available():
             rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
         save_file(rng, str(tmp / "rng.safetensors"))
-        atomic_write_json(tmp / STATE_FILE, {**state, "step": step})
+        atomic_write_json(tmp / STATE_FILE, dataclasses.asdict(state))
         for path in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -72,14 +100,15 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     """Restore LoRA weights, optimizer, scheduler and RNG from a checkpoint; returns its trainer state."""
-    import json
-
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    state = TrainState.read(path / STATE_FILE)
+    if f"step-{state.step}" != path.name:
+        raise UserError(f"{path}: holds the state of step {state.step}, not of {path.name}")
     weights = load_file(str(path / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
@@ -91,4 +120,4 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict[str, Any]:
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(rng["cuda"]))
-    return json.loads((path / STATE_FILE).read_text())
+    return state

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
@@ -35,16 +34,17 @@ import random
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from econlm import __version__
+from econlm import __version__, provenance
 from econlm.allocator import current_allocator
 from econlm.config import TrainConfig, validate_config
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, sha256_file
 from econlm.training.checkpoint import (
+    TrainState,
     checkpoint_dirs,
     load_checkpoint,
     remove_partial_saves,
@@ -98,14 +98,6 @@ def autocast_dtype(config: TrainConfig, device_type: str):
     return torch.bfloat16 if device_type == "cpu" and cpu_has_bf16() else None
 
 
-def library_versions() -> dict[str, str]:
-    versions = {"python": sys.version.split()[0], "econlm": __version__}
-    for dist in ("torch", "transformers", "peft", "accelerate", "bitsandbytes"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[dist] = importlib.metadata.version(dist)
-    return versions
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -116,7 +108,7 @@ def training_examples(config: TrainConfig) -> tuple[dict[str, list], dict[str, l
     so the examples equal a built dataset's `<task>/train.jsonl` for the same seed.
     """
     from econlm.data.build import drop_leaks, paper_examples, qa_examples
-    from econlm.data.corpus import load_corpus, split_files
+    from econlm.data.corpus import load_corpus
     from econlm.paths import default_corpus
     from econlm.types import QAPair
 
@@ -138,13 +130,13 @@ def training_examples(config: TrainConfig) -> tuple[dict[str, list], dict[str, l
         validation[task] = validation[task][: config.data.val_examples_per_task]
         if not train[task] or not validation[task]:
             raise UserError(f"{corpus_dir}: no {task} examples in the train or validation split")
-    provenance = {
+    data = {
         "corpus": str(corpus_dir.resolve()),
-        "corpus_sha256": {split: sha256_file(path) for split, path in split_files(corpus_dir).items()},
+        "corpus_sha256": provenance.data_sha256(corpus_dir),
         "qa_file_sha256": sha256_file(config.data.qa_file) if config.data.qa_file else None,
         "train_papers_dropped_as_leaks": leaks,
     }
-    return train, validation, provenance
+    return train, validation, data
 
 
 # --------------------------------------------------------------------------- model
@@ -252,8 +244,40 @@ def validation_loss(model, sets: dict[str, list[Encoded]], token_budget: int, pa
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step measured: a train_log.jsonl row and the progress bar's figures."""
+
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    padded_tokens: int  # this process's share (micro-batches are sorted longest first)
+    seconds: float
+    cpu_seconds: float
+
+
 class Run:
-    """One training run in one run directory; `fit()` trains from scratch or from the latest checkpoint."""
+    """One training run in one run directory, as a recipe of named steps (after torchtune's
+    single-device LoRA recipe): set up the processes, data, schedule, run directory, model and
+    optimizer; resume; then train steps, with evaluations and checkpoints between them.
+    `fit()` runs them in that order; what they build is held in the attributes below."""
+
+    accelerator: Any
+    is_main: bool
+    amp_dtype: Any  # torch.bfloat16 for autocast, or None (fp32)
+    tokenizer: Any
+    train_encoded: list[Encoded]
+    val_encoded: dict[str, list[Encoded]]
+    encoded_counts: dict[str, int]
+    data_provenance: dict[str, Any]
+    schedule: Schedule
+    base_ref: str  # recorded in adapter_config.json
+    base_source: Path | str  # what `from_pretrained` loads
+    model: Any  # prepared for the processes (DDP-wrapped when there are several)
+    unwrapped: Any  # the peft model itself: what is evaluated and saved
+    optimizer: Any
+    scheduler: Any
 
     def __init__(self, config: TrainConfig, run_dir: Path, resuming: bool, progress: bool = True):
         self.config = config
@@ -261,27 +285,212 @@ class Run:
         self.resuming = resuming
         self.progress = progress
         self.log = TrainLog(run_dir)
+        self.state = TrainState()
 
-    def _write_run_file(self, tokenizer, base_ref: str, base_hash: str, data: dict, schedule: Schedule,
-                        counts: dict, amp_dtype, world_size: int) -> None:
+    def fit(self) -> Path:
+        self._setup_processes()
+        self._setup_data()
+        self._setup_schedule()
+        self._prepare_run_dir()
+        self._setup_model()
+        self._setup_optimizer()
+        self._resume()
+        if self.state.finished:
+            if self.is_main:
+                print(f"{self.run_dir}: training already finished at step {self.state.step}", file=sys.stderr)
+            return self.run_dir
+        self._train()
+        return self.run_dir
+
+    # ----------------------------------------------------------------------- set-up
+
+    def _setup_processes(self) -> None:
+        """The accelerator (one process, or DDP under `accelerate launch`) and the autocast precision."""
+        from accelerate import Accelerator
+
+        check_environment(self.config)
+        self.accelerator = Accelerator()
+        self.is_main = self.accelerator.is_main_process
+        if self.config.train.batch_size < self.accelerator.num_processes:
+            raise UserError(f"train.batch_size ({self.config.train.batch_size}) must be at least the number of "
+                            f"processes ({self.accelerator.num_processes})")
+        self.amp_dtype = autocast_dtype(self.config, self.accelerator.device.type)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _setup_data(self) -> None:
+        """Tokenizer, the encoded train examples and validation sets, and the data's provenance."""
+        from econlm.models import load_tokenizer
+
+        config = self.config
+        self.tokenizer = load_tokenizer(config.model.base)
+        train_sets, val_sets, self.data_provenance = training_examples(config)
+        self.train_encoded, self.encoded_counts = encode_all(
+            [e for items in train_sets.values() for e in items], self.tokenizer, config.data.max_length)
+        self.val_encoded = {task: encode_all(items, self.tokenizer, config.data.max_length)[0]
+                            for task, items in val_sets.items()}
+
+    def _setup_schedule(self) -> None:
+        """Which examples each step trains on: a pure function of (seed, step), so resuming needs only the step."""
+        settings = self.config.train
+        self.schedule = Schedule(self.train_encoded, self.config.data.tasks, settings.batch_size, settings.seed,
+                                 settings.epochs, settings.max_steps)
+
+    def _prepare_run_dir(self) -> None:
+        """A new run records itself (tokenizer, econlm_run.json); a resumed one must match its record."""
+        from econlm.models import model_hash
+
+        config, run_dir = self.config, self.run_dir
+        self.base_ref, self.base_source = base_reference(config, run_dir)
+        if self.resuming:
+            self._check_same_run(self.data_provenance, self.accelerator.num_processes)
+        if self.is_main:
+            if config.model.random_init is not None and not (run_dir / BASE_DIR / "config.json").is_file():
+                _random_base(config, self.tokenizer, run_dir / BASE_DIR)
+            if not self.resuming:
+                self.tokenizer.save_pretrained(run_dir)
+                self._write_run_file(model_hash(self.base_source))
+            remove_partial_saves(run_dir)
+        self.accelerator.wait_for_everyone()
+
+    def _setup_model(self) -> None:
+        self.unwrapped = build_model(self.config, self.base_source, self.base_ref,
+                                     self.accelerator.local_process_index)
+
+    def _setup_optimizer(self) -> None:
+        """Optimizer and LR schedule over the LoRA weights; the model is prepared for the processes after."""
+        self.optimizer, self.scheduler = build_optimizer(self.config, self.unwrapped, self.schedule.total_steps)
+        self.model = self.accelerator.prepare_model(self.unwrapped)
+        self.unwrapped = self.accelerator.unwrap_model(self.model)
+
+    def _resume(self) -> None:
+        """Continue from the latest complete checkpoint: weights, optimizer, scheduler, RNG and state."""
+        if self.resuming and (found := checkpoint_dirs(self.run_dir)):
+            step, path = found[-1]
+            self.state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler)
+            if self.is_main:
+                print(f"resuming from {path} (step {step} of {self.schedule.total_steps})", file=sys.stderr)
+        if self.is_main:
+            self.log.rewind(self.state.step)
+
+    # ----------------------------------------------------------------------- training
+
+    def _train(self) -> None:
+        from tqdm.auto import tqdm
+
+        settings, total = self.config.train, self.schedule.total_steps
+        bar = tqdm(total=total, initial=self.state.step, unit="step", desc="train",
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        self.model.train()
+        for step in range(self.state.step, total):
+            stats = self._train_step(step)
+            done = self.state.step
+            if self.is_main and (done % settings.log_every == 0 or done == total):
+                self.log.append({"step": done, "epoch": round(self.schedule.epoch_of(done), 4), "loss": stats.loss,
+                                 "lr": stats.lr, "grad_norm": stats.grad_norm, "tokens": stats.tokens,
+                                 "padded_tokens": stats.padded_tokens, "seconds": round(stats.seconds, 3),
+                                 "cpu_seconds": round(stats.cpu_seconds, 3),
+                                 "tokens_per_s": round(stats.tokens / stats.seconds, 1)})
+            bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{stats.tokens / stats.seconds:.0f}", refresh=False)
+            bar.update(1)
+            last = done == total
+            if done % settings.eval_every == 0 or last:
+                mean = self._evaluate()
+                bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{mean:.3f}", refresh=False)
+            if done % settings.checkpoint_every == 0 or last:
+                self._save_checkpoint(finished=last)
+        bar.close()
+        if self.is_main:
+            self._write_metrics(finished=True)
+        self.accelerator.wait_for_everyone()
+
+    def _train_step(self, step: int) -> StepStats:
+        """One optimizer step over the schedule's examples for `step`, split into micro-batches."""
+        import torch
+
+        accelerator, device, world = self.accelerator, self.accelerator.device, self.accelerator.num_processes
+        settings = self.config.train
+        packed = settings.batching == "packed"
+        started, cpu_started = time.perf_counter(), time.process_time()
+        step_items = self.schedule.step_examples(step)
+        n_labels = sum(e.n_labels for e in step_items)
+        step_tokens = sum(len(e.input_ids) for e in step_items)
+        batches = micro_batches(step_items, settings.micro_batch_tokens, packed, accelerator.process_index, world)
+        padded_tokens = sum(len(b) * len(b[0].input_ids) if not packed else sum(len(e.input_ids) for e in b)
+                            for b in batches)
+        loss_sum = torch.zeros((), device=device)
+        for i, batch in enumerate(batches):
+            tensors = {k: v.to(device) for k, v in collate(batch, packed, self.tokenizer.pad_token_id).items()}
+            sync = i == len(batches) - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
+                with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+                    batch_loss = answer_loss_sum(self.model, tensors)
+                # DDP averages gradients over processes; scaling by `world` makes the result the
+                # mean over every answer token of the step, however the step was split.
+                accelerator.backward(batch_loss * world / n_labels)
+            loss_sum += batch_loss.detach()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss = accelerator.reduce(loss_sum, "sum").item() / n_labels
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        state = self.state
+        state.step = step + 1
+        state.train_seconds += seconds
+        state.train_cpu_seconds += cpu_seconds
+        state.train_tokens += step_tokens
+        return StepStats(loss=step_loss, lr=lr, grad_norm=float(grad_norm), tokens=step_tokens,
+                         padded_tokens=padded_tokens, seconds=seconds, cpu_seconds=cpu_seconds)
+
+    def _evaluate(self) -> float:
+        """Validation loss per task; the best adapter so far is kept at the run directory's top level.
+        Returns the mean over tasks."""
+        val = validation_loss(self.unwrapped, self.val_encoded, self.config.train.micro_batch_tokens,
+                              self.tokenizer.pad_token_id, self.amp_dtype, self.accelerator.device)
+        mean = sum(val.values()) / len(val)
+        state = self.state
+        improved = state.best_val_loss is None or mean < state.best_val_loss
+        if improved:
+            state.best_val_loss, state.best_step, state.best_val_loss_per_task = mean, state.step, val
+        if self.is_main:
+            if improved:
+                self._save_best_adapter()
+            self.log.append({"step": state.step, "val_loss": val, "val_loss_mean": mean, "best": improved})
+            self._write_metrics(finished=False)
+        return mean
+
+    def _save_checkpoint(self, finished: bool) -> None:
+        self.state.finished = finished
+        if self.is_main:
+            save_checkpoint(self.run_dir, self.unwrapped, self.optimizer, self.scheduler, self.state,
+                            self.config.train.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    # ----------------------------------------------------------------------- records
+
+    def _write_run_file(self, base_hash: str) -> None:
         from econlm.data.templates import TEMPLATES
 
+        schedule = self.schedule
         atomic_write_json(self.run_dir / RUN_FILE, {
             "econlm_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": provenance.utc_now(),
             "config": self.config.model_dump(mode="json"),
             "seed": self.config.train.seed,
-            "base_model": base_ref,
+            "base_model": self.base_ref,
             "base_model_hash": base_hash,
             "templates": {task: TEMPLATES[task].id for task in self.config.data.tasks},
-            "chat_template_sha256": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest(),
-            "data": {**data, "encoded": counts},
+            "chat_template_sha256": hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest(),
+            "data": {**self.data_provenance, "encoded": self.encoded_counts},
             "schedule": {"examples_per_epoch": schedule.epoch_size, "steps_per_epoch": schedule.steps_per_epoch,
                          "total_steps": schedule.total_steps},
-            "precision": "bf16-autocast" if amp_dtype is not None else "fp32",
-            "world_size": world_size,
+            "precision": "bf16-autocast" if self.amp_dtype is not None else "fp32",
+            "world_size": self.accelerator.num_processes,
             "allocator": current_allocator(),
-            "versions": library_versions(),
+            "versions": provenance.library_versions(),
+            "machine": provenance.machine(),
         })
 
     def _check_same_run(self, data: dict, world_size: int) -> None:
@@ -293,160 +502,38 @@ class Run:
         if recorded["world_size"] != world_size:
             raise UserError(f"{self.run_dir}: started with {recorded['world_size']} process(es), resumed with {world_size}; use the same launch")
 
-    def _save_best_adapter(self, model) -> None:
+    def _save_best_adapter(self) -> None:
         """Copy the current adapter to the run directory's top level, each file atomically."""
         staging = self.run_dir / ".best-adapter.tmp"
         shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
+        self.unwrapped.save_pretrained(staging, safe_serialization=True, save_embedding_layers=False)
         for name in ADAPTER_FILES:
             os.replace(staging / name, self.run_dir / name)
         shutil.rmtree(staging, ignore_errors=True)
 
-    def _write_metrics(self, state: dict, schedule: Schedule, finished: bool) -> None:
+    def _write_metrics(self, finished: bool) -> None:
+        state, schedule = self.state, self.schedule
         rows = self.log.rows()
         train_rows = [r for r in rows if "loss" in r]
         last = train_rows[-max(1, min(len(train_rows), 10)):]
         atomic_write_json(self.run_dir / METRICS_FILE, {
             "finished": finished,
-            "steps_done": state["step"],
+            "steps_done": state.step,
             "total_steps": schedule.total_steps,
-            "epochs_done": round(schedule.epoch_of(state["step"]), 3),
-            "best_step": state["best_step"],
-            "best_val_loss_mean": state["best_val_loss"],
-            "best_val_loss": state["best_val_loss_per_task"],
+            "epochs_done": round(schedule.epoch_of(state.step), 3),
+            "best_step": state.best_step,
+            "best_val_loss_mean": state.best_val_loss,
+            "best_val_loss": state.best_val_loss_per_task,
             "final_train_loss_last10": sum(r["loss"] for r in last) / len(last) if last else None,
-            "train_seconds": round(state["train_seconds"], 1),
-            "train_tokens": state["train_tokens"],
-            "tokens_per_s": round(state["train_tokens"] / state["train_seconds"], 1) if state["train_seconds"] else None,
-            "seconds_per_step": round(state["train_seconds"] / state["step"], 3) if state["step"] else None,
+            "train_seconds": round(state.train_seconds, 1),
+            "train_tokens": state.train_tokens,
+            "tokens_per_s": round(state.train_tokens / state.train_seconds, 1) if state.train_seconds else None,
+            "seconds_per_step": round(state.train_seconds / state.step, 3) if state.step else None,
             # CPU time of this process (all threads): what the work cost, unaffected by other load on a shared machine.
-            "train_cpu_seconds": round(state["train_cpu_seconds"], 1),
-            "tokens_per_cpu_s": round(state["train_tokens"] / state["train_cpu_seconds"], 1) if state["train_cpu_seconds"] else None,
+            "train_cpu_seconds": round(state.train_cpu_seconds, 1),
+            "tokens_per_cpu_s": round(state.train_tokens / state.train_cpu_seconds, 1) if state.train_cpu_seconds else None,
         })
-        plot_curve(rows, self.run_dir / TRAIN_CURVE, state["best_step"])
-
-    def fit(self) -> Path:
-        import torch
-        from accelerate import Accelerator
-        from tqdm.auto import tqdm
-
-        from econlm.models import load_tokenizer, model_hash
-
-        config, run_dir = self.config, self.run_dir
-        check_environment(config)
-        accelerator = Accelerator()
-        main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
-        device = accelerator.device
-        if config.train.batch_size < world:
-            raise UserError(f"train.batch_size ({config.train.batch_size}) must be at least the number of processes ({world})")
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-        tokenizer = load_tokenizer(config.model.base)
-        train_sets, val_sets, data = training_examples(config)
-        encoded, counts = encode_all([e for items in train_sets.values() for e in items], tokenizer, config.data.max_length)
-        val_encoded = {task: encode_all(items, tokenizer, config.data.max_length)[0] for task, items in val_sets.items()}
-        settings = config.train
-        schedule = Schedule(encoded, config.data.tasks, settings.batch_size, settings.seed, settings.epochs, settings.max_steps)
-        amp_dtype = autocast_dtype(config, device.type)
-
-        base_ref, source = base_reference(config, run_dir)
-        if self.resuming:
-            self._check_same_run(data, world)
-        if main:
-            if config.model.random_init is not None and not (run_dir / BASE_DIR / "config.json").is_file():
-                _random_base(config, tokenizer, run_dir / BASE_DIR)
-            if not self.resuming:
-                tokenizer.save_pretrained(run_dir)
-                self._write_run_file(tokenizer, base_ref, model_hash(source), data, schedule, counts, amp_dtype, world)
-            remove_partial_saves(run_dir)
-        accelerator.wait_for_everyone()
-
-        model = build_model(config, source, base_ref, accelerator.local_process_index)
-        optimizer, scheduler = build_optimizer(config, model, schedule.total_steps)
-        model = accelerator.prepare_model(model)
-        unwrapped = accelerator.unwrap_model(model)
-
-        state: dict[str, Any] = {"step": 0, "best_val_loss": None, "best_step": None, "best_val_loss_per_task": None,
-                                 "train_seconds": 0.0, "train_cpu_seconds": 0.0, "train_tokens": 0}
-        if self.resuming and (found := checkpoint_dirs(run_dir)):
-            step, path = found[-1]
-            state = load_checkpoint(path, unwrapped, optimizer, scheduler)
-            if main:
-                print(f"resuming from {path} (step {step} of {schedule.total_steps})", file=sys.stderr)
-        if main:
-            self.log.rewind(state["step"])
-        if state.get("finished"):
-            if main:
-                print(f"{run_dir}: training already finished at step {state['step']}", file=sys.stderr)
-            return run_dir
-
-        params = [p for p in model.parameters() if p.requires_grad]
-        packed = settings.batching == "packed"
-        clip = settings.max_grad_norm or float("inf")
-        bar = tqdm(total=schedule.total_steps, initial=state["step"], unit="step", desc="train",
-                   disable=not (self.progress and main), dynamic_ncols=True)
-        model.train()
-        for step in range(state["step"], schedule.total_steps):
-            started, cpu_started = time.perf_counter(), time.process_time()
-            step_items = schedule.step_examples(step)
-            n_labels = sum(e.n_labels for e in step_items)
-            step_tokens = sum(len(e.input_ids) for e in step_items)
-            batches = micro_batches(step_items, settings.micro_batch_tokens, packed, rank, world)
-            padded_tokens = sum(len(b) * len(b[0].input_ids) if not packed else sum(len(e.input_ids) for e in b)
-                                for b in batches)  # this process's share (micro-batches are sorted longest first)
-            loss_sum = torch.zeros((), device=device)
-            for i, batch in enumerate(batches):
-                tensors = {k: v.to(device) for k, v in collate(batch, packed, tokenizer.pad_token_id).items()}
-                sync = i == len(batches) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                        batch_loss = answer_loss_sum(model, tensors)
-                    # DDP averages gradients over processes; scaling by `world` makes the result the
-                    # mean over every answer token of the step, however the step was split.
-                    accelerator.backward(batch_loss * world / n_labels)
-                loss_sum += batch_loss.detach()
-            grad_norm = accelerator.clip_grad_norm_(params, clip)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = accelerator.reduce(loss_sum, "sum").item() / n_labels
-            seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-            done = step + 1
-            state.update(step=done, train_seconds=state["train_seconds"] + seconds,
-                         train_cpu_seconds=state["train_cpu_seconds"] + cpu_seconds,
-                         train_tokens=state["train_tokens"] + step_tokens)
-            if main and (done % settings.log_every == 0 or done == schedule.total_steps):
-                self.log.append({"step": done, "epoch": round(schedule.epoch_of(done), 4), "loss": step_loss, "lr": lr,
-                                 "grad_norm": float(grad_norm), "tokens": step_tokens, "padded_tokens": padded_tokens,
-                                 "seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
-                                 "tokens_per_s": round(step_tokens / seconds, 1)})
-            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{step_tokens / seconds:.0f}", refresh=False)
-            bar.update(1)
-
-            last = done == schedule.total_steps
-            if done % settings.eval_every == 0 or last:
-                val = validation_loss(unwrapped, val_encoded, settings.micro_batch_tokens, tokenizer.pad_token_id, amp_dtype, device)
-                mean = sum(val.values()) / len(val)
-                improved = state["best_val_loss"] is None or mean < state["best_val_loss"]
-                if improved:
-                    state.update(best_val_loss=mean, best_step=done, best_val_loss_per_task=val)
-                if main:
-                    if improved:
-                        self._save_best_adapter(unwrapped)
-                    self.log.append({"step": done, "val_loss": val, "val_loss_mean": mean, "best": improved})
-                    self._write_metrics(state, schedule, finished=False)
-                bar.set_postfix(loss=f"{step_loss:.3f}", val=f"{mean:.3f}", refresh=False)
-            if done % settings.checkpoint_every == 0 or last:
-                state["finished"] = last
-                if main:
-                    save_checkpoint(run_dir, done, unwrapped, optimizer, scheduler, state, settings.keep_checkpoints)
-                accelerator.wait_for_everyone()
-        bar.close()
-        if main:
-            self._write_metrics(state, schedule, finished=True)
-        accelerator.wait_for_everyone()
-        return run_dir
+        plot_curve(rows, self.run_dir / TRAIN_CURVE, state.best_step)
 
 
 def train(config: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
