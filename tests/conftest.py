@@ -57,9 +57,9 @@ def tiny_llama(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from econlm.models import load_tokenizer
+    from econlm.models import ModelRef, load_tokenizer
 
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(ModelRef.parse("smollm2-135m-instruct"))
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -18,9 +18,9 @@ def tiny_model_dir(root: Path) -> Path:
         import torch
         from transformers import LlamaConfig, LlamaForCausalLM
 
-        from econlm.models import load_tokenizer
+        from econlm.models import ModelRef, load_tokenizer
 
-        tokenizer = load_tokenizer("smollm2-135m-instruct")
+        tokenizer = load_tokenizer(ModelRef.parse("smollm2-135m-instruct"))
         config = LlamaConfig(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.2,
@@ -43,8 +43,9 @@ def tiny_gguf(root: Path, quant: str) -> Path:
     """The tiny model exported with `econlm.export.export_gguf` at `quant`."""
     if quant not in _built:
         from econlm.export import export_gguf
+        from econlm.models import ModelRef
 
         path = root / f"tiny.{quant}.gguf"
-        export_gguf(tiny_model_dir(root), path, quant, progress=False)
+        export_gguf(ModelRef.parse(tiny_model_dir(root)), path, quant, progress=False)
         _built[quant] = path
     return _built[quant]

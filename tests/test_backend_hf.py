@@ -27,7 +27,7 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def backend(tiny_llama) -> TransformersBackend:
-    return TransformersBackend(str(tiny_llama), batch_size=3)
+    return get_backend(f"transformers:{tiny_llama}", batch_size=3)
 
 
 def manual_option_logprob(backend: TransformersBackend, messages, option: str) -> float:
@@ -67,7 +67,7 @@ def test_the_scored_continuation_is_the_option_and_end_of_turn(backend):
 
 
 def test_batch_size_does_not_change_scores(backend, tiny_llama):
-    one_at_a_time = TransformersBackend(str(tiny_llama), batch_size=1)
+    one_at_a_time = get_backend(str(tiny_llama), batch_size=1)
     batched = backend.score_options(CONVERSATIONS, OPTIONS)
     single = one_at_a_time.score_options(CONVERSATIONS, OPTIONS)
     for a, b in zip(batched, single):
@@ -93,7 +93,7 @@ def test_score_text_options_equals_manual_forward_pass(backend):
 def test_batched_greedy_generation_equals_one_at_a_time(backend, tiny_llama):
     decoding = Decoding(max_new_tokens=8)
     batched = backend.chat(CONVERSATIONS, decoding)
-    single = [TransformersBackend(str(tiny_llama), batch_size=1).chat([c], decoding)[0] for c in CONVERSATIONS[:2]]
+    single = [get_backend(str(tiny_llama), batch_size=1).chat([c], decoding)[0] for c in CONVERSATIONS[:2]]
     assert batched[:2] == single
     assert all(len(replies) == 1 and isinstance(replies[0], str) for replies in batched)
 
@@ -131,5 +131,5 @@ def test_chat_needs_a_chat_template(backend):
 
 def test_describe_records_hashes(backend):
     info = backend.describe()
-    assert info["kind"] == "hf-folder" and info["adapter_hash"] is None
-    assert len(info["base_model_hash"]) == 64
+    assert info["kind"] == "hf-folder" and info["base"] is None and info["source_sha256"] is None
+    assert len(info["hash"]) == 64 and info["hash"] == backend.model_ref.hash

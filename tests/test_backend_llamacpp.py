@@ -9,6 +9,7 @@ from econlm.backends import Backend, Decoding, get_backend
 from econlm.backends.hf import TransformersBackend
 from econlm.backends.llamacpp import LlamaCppBackend
 from econlm.errors import UserError
+from econlm.io import sha256_file
 from gguf_models import tiny_gguf, tiny_model_dir
 
 OPTIONS = ["Econometrics", "General Economics", "Theoretical Economics"]
@@ -31,13 +32,17 @@ def llama(root) -> LlamaCppBackend:
 
 @pytest.fixture(scope="module")
 def hf(root) -> TransformersBackend:
-    return TransformersBackend(str(tiny_model_dir(root)))
+    return get_backend(f"transformers:{tiny_model_dir(root)}")
 
 
-def test_follows_the_backend_protocol(llama):
+def test_follows_the_backend_protocol(llama, hf, root):
     assert isinstance(llama, LlamaCppBackend) and isinstance(llama, Backend)
     assert llama.has_chat_template
-    assert llama.describe()["kind"] == "gguf"
+    info = llama.describe()
+    assert info["kind"] == "gguf" and info["hash"] is None  # llama.cpp never converts the file to safetensors
+    assert info["source_sha256"] == sha256_file(tiny_gguf(root, "f16"))
+    # The file names the model it was exported from by that model's one content hash.
+    assert info["exported_from_hash"] == hf.describe()["hash"] == hf.model_ref.hash
 
 
 def test_prompts_and_greedy_replies_match_transformers(llama, hf):
@@ -73,12 +78,14 @@ def test_sampling_is_seeded_and_returns_n_replies(llama):
 
 
 def test_limits_and_bad_files_are_user_errors(root, tmp_path):
-    small = LlamaCppBackend(tiny_gguf(root, "f16"), n_ctx=64)
+    small = get_backend(f"llamacpp:{tiny_gguf(root, 'f16')}", n_ctx=64)
     with pytest.raises(UserError, match="exceeds the context of 64 tokens"):
         small.chat([[{"role": "user", "content": "many words " * 40}]], GREEDY)
-    with pytest.raises(UserError, match="needs a .gguf file"):
-        LlamaCppBackend(tmp_path / "missing.gguf")
+    with pytest.raises(UserError, match="not a model folder, .gguf file"):
+        get_backend(f"llamacpp:{tmp_path / 'missing.gguf'}")
+    with pytest.raises(UserError, match="runs a .gguf file or a packaged model"):
+        get_backend(f"llamacpp:{tiny_model_dir(root)}")
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(UserError, match="llama.cpp cannot load it"):
-        LlamaCppBackend(broken)
+        get_backend(f"llamacpp:{broken}")

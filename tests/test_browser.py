@@ -74,7 +74,7 @@ def app_url(tmp_path, small_corpus):
     port = free_port()
     log = tmp_path / "app.log"
     with log.open("w") as log_file:
-        proc = subprocess.Popen([*econlm, "app", "--port", str(port), "--backend", MODEL],
+        proc = subprocess.Popen([*econlm, "app", "--port", str(port), "--model", MODEL],
                                 env=env, stdout=log_file, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

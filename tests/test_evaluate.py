@@ -11,17 +11,23 @@ import sys
 import pytest
 
 from econlm import evaluate
+from econlm.backends import parse_spec
 from econlm.data.templates import CLASSIFY, TITLE
 from econlm.errors import UserError
 from econlm.metrics import classification_scores, title_scores
+from econlm.models import ModelRef
 
 
 def read_rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def loaded(model, batch_size: int = 16):
+    return evaluate.load_backend(parse_spec(str(model)), batch_size=batch_size)
+
+
 def test_title_eval_end_to_end(tiny_llama, small_corpus, tmp_path):
-    report = evaluate.evaluate(str(tiny_llama), "title", small_corpus, tmp_path / "title", limit=6, batch_size=4,
+    report = evaluate.evaluate(loaded(tiny_llama, batch_size=4), "title", small_corpus, tmp_path / "title", limit=6,
                                decoding=evaluate.Decoding(max_new_tokens=6))
     rows = read_rows(tmp_path / "title" / "predictions.jsonl")
     assert len(rows) == 6 and {"id", "input", "reference", "prediction"} <= set(rows[0])
@@ -34,11 +40,11 @@ def test_title_eval_end_to_end(tiny_llama, small_corpus, tmp_path):
     assert provenance["prompt_template"] == TITLE.id and provenance["prompting"] == "zero-shot"
     assert provenance["decoding"]["max_new_tokens"] == 6 and provenance["decoding"]["temperature"] == 0.0
     assert set(provenance["data_sha256"]) == {"train", "validation", "test"}
-    assert provenance["model"]["base_model_hash"] and "transformers" in provenance["versions"]
+    assert provenance["model"]["hash"] == ModelRef.parse(tiny_llama).hash and "transformers" in provenance["versions"]
 
 
 def test_classify_eval_end_to_end(tiny_llama, small_corpus, tmp_path):
-    evaluate.evaluate(str(tiny_llama), "classify", small_corpus, tmp_path / "cls", batch_size=5)
+    evaluate.evaluate(loaded(tiny_llama, batch_size=5), "classify", small_corpus, tmp_path / "cls")
     rows = read_rows(tmp_path / "cls" / "predictions.jsonl")
     assert len(rows) == 12  # the whole small test split
     for row in rows:
@@ -57,7 +63,7 @@ def test_classify_eval_end_to_end(tiny_llama, small_corpus, tmp_path):
 
 
 def test_one_shot_prompting_uses_a_train_example(tiny_llama, small_corpus, tmp_path):
-    evaluate.evaluate(str(tiny_llama), "classify", small_corpus, tmp_path / "one", limit=3, prompting="one-shot")
+    evaluate.evaluate(loaded(tiny_llama), "classify", small_corpus, tmp_path / "one", limit=3, prompting="one-shot")
     provenance = json.loads((tmp_path / "one" / "metrics.json").read_text())["provenance"]
     assert provenance["prompting"] == "one-shot"
     assert provenance["prompt_template"] == evaluate.ONE_SHOT_CLASSIFY.id
@@ -84,18 +90,18 @@ def tiny_adapter(tiny_llama, tmp_path):
 
 def test_adapter_eval_records_the_adapter_hash(tiny_adapter, tiny_llama, small_corpus, tmp_path):
     (tiny_adapter / "econlm_run.json").write_text(json.dumps({"templates": {"classify": CLASSIFY.id}, "seed": 3}))
-    evaluate.evaluate(str(tiny_adapter), "classify", small_corpus, tmp_path / "out", limit=2)
+    evaluate.evaluate(loaded(tiny_adapter), "classify", small_corpus, tmp_path / "out", limit=2)
     provenance = json.loads((tmp_path / "out" / "metrics.json").read_text())["provenance"]
     model = provenance["model"]
-    assert model["kind"] == "adapter" and len(model["adapter_hash"]) == 64
-    assert model["base_model"] == str(tiny_llama)
+    assert model["kind"] == "adapter" and model["hash"] == ModelRef.parse(tiny_adapter).hash
+    assert model["base"]["ref"] == str(tiny_llama) and model["base"]["hash"] == ModelRef.parse(tiny_llama).hash
     assert provenance["training_run"]["templates"] == {"classify": CLASSIFY.id}
 
 
 def test_a_run_trained_with_another_template_is_refused(tiny_adapter, small_corpus, tmp_path):
     (tiny_adapter / "econlm_run.json").write_text(json.dumps({"templates": {"title": "econ-title@0"}}))
     with pytest.raises(UserError, match="trained with prompt template econ-title@0"):
-        evaluate.evaluate(str(tiny_adapter), "title", small_corpus, tmp_path / "out", limit=2)
+        evaluate.evaluate(loaded(tiny_adapter), "title", small_corpus, tmp_path / "out", limit=2)
     assert not (tmp_path / "out").exists()
 
 

@@ -50,6 +50,8 @@ def test_reproduce_evaluates_the_shipped_adapter(tiny_everything, small_corpus, 
     assert "shipped adapter" in text and "pending" not in text.split("## Targets")[0]
     provenance = json.loads((tmp_path / "out" / "eval" / "econlm-title" / "metrics.json").read_text())["provenance"]
     assert provenance["model"]["kind"] == "adapter" and provenance["n_examples"] == 3
+    base_run = json.loads((tmp_path / "out" / "eval" / "base-title" / "metrics.json").read_text())["provenance"]
+    assert provenance["model"]["base"]["hash"] == base_run["model"]["hash"]  # one hash per model across runs
 
 
 def test_train_needs_the_full_preset(small_corpus, tmp_path):

@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from econlm.errors import UserError
 from econlm.export import export_gguf
+from econlm.models import ModelRef
 from gguf_models import tiny_gguf, tiny_model_dir
 
 CONVERSATIONS = [
@@ -143,8 +144,9 @@ def test_adapter_dir_is_merged_on_the_fly(root, hf, tmp_path):
     merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).merge_and_unload().eval()
 
     out = tmp_path / "merged.f16.gguf"
-    info = export_gguf(adapter_dir, out, "f16", progress=False)
-    assert info["kind"] == "adapter"
+    adapter = ModelRef.parse(adapter_dir)
+    info = export_gguf(adapter, out, "f16", progress=False)
+    assert info["kind"] == "adapter" and info["model_hash"] == adapter.hash
     ids = prompt_ids(tokenizer, CONVERSATIONS[0])
     expected, base_logits, got = hf_logits(merged, ids), hf_logits(model, ids), llama_logits(out, ids)
     # Closer to the merged model than the adapter moved it away from the base.
@@ -153,11 +155,11 @@ def test_adapter_dir_is_merged_on_the_fly(root, hf, tmp_path):
 
 def test_bad_requests_are_user_errors(root, tmp_path):
     with pytest.raises(UserError, match="unknown quantisation"):
-        export_gguf(tiny_model_dir(root), tmp_path / "x.gguf", "q2_k")
+        export_gguf(ModelRef.parse(tiny_model_dir(root)), tmp_path / "x.gguf", "q2_k")
     with pytest.raises(UserError, match="must end in .gguf"):
-        export_gguf(tiny_model_dir(root), tmp_path / "x.bin", "f16")
+        export_gguf(ModelRef.parse(tiny_model_dir(root)), tmp_path / "x.bin", "f16")
     with pytest.raises(UserError, match="not a model folder"):
-        export_gguf(tmp_path / "missing", tmp_path / "x.gguf", "f16")
+        ModelRef.parse(tmp_path / "missing")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".*tmp"))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from econlm.backends.hf import TransformersBackend
+from econlm.backends import get_backend
 from econlm.errors import UserError
 from econlm.qa.mmlu import (
     MCQuestion,
@@ -89,7 +89,7 @@ def test_metrics_per_subject():
 
 
 def test_scores_match_a_manual_forward_pass(tiny_llama, tmp_path):
-    backend = TransformersBackend(str(tiny_llama), batch_size=4)
+    backend = get_backend(f"transformers:{tiny_llama}", batch_size=4)
     root = write_mmlu(tmp_path / "mmlu")
     metrics, rows = evaluate_mmlu(backend, root, shots=5)
     assert metrics["n"] == 6 and len(rows) == 6

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from econlm.backends import parse_spec
+from econlm.evaluate import load_backend
 from econlm.metrics import qa_scores
 from econlm.qa.eval import evaluate_qa, first_paragraph, load_qa_pairs
 from econlm.report import write_report
@@ -51,8 +53,8 @@ def test_qa_eval_end_to_end(tiny_llama, tmp_path):
     assert [p.source_id for p in load_qa_pairs(qa_file, corpus)] == ["2101.00001", "2101.00003"]
 
     out = tmp_path / "eval"
-    report = evaluate_qa(str(tiny_llama), out, corpus, qa_file, mmlu_dir=write_mmlu(tmp_path / "mmlu"),
-                         batch_size=2)
+    backend = load_backend(parse_spec(str(tiny_llama)), batch_size=2)
+    report = evaluate_qa(backend, out, corpus, qa_file, mmlu_dir=write_mmlu(tmp_path / "mmlu"))
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert [p["reference"] for p in predictions] == ["Emissions fall by 8 percent.", "They raise revenue."]
     assert report.metrics["n"] == 2
@@ -68,7 +70,7 @@ def test_qa_eval_end_to_end(tiny_llama, tmp_path):
     table3 = report_md.split("## Table 3", 1)[1].split("\n## ", 1)[0]
     assert f"{report.metrics['token_f1']:.3f}" in table3 and "ours: pending" in table3
 
-    no_mmlu = evaluate_qa(str(tiny_llama), tmp_path / "eval2", corpus, qa_file, mmlu_dir="", batch_size=2)
+    no_mmlu = evaluate_qa(backend, tmp_path / "eval2", corpus, qa_file, mmlu_dir="")
     assert "mmlu_accuracy" not in no_mmlu.metrics
     assert not (tmp_path / "eval2" / "mmlu_predictions.jsonl").exists()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from econlm.backends import Decoding
+from econlm.backends import Decoding, parse_spec
 from econlm.data.build import build_datasets
 from econlm.data.templates import SYNTHESIS_PAIRS
 from econlm.errors import UserError
@@ -199,7 +199,7 @@ def make_corpus(root: Path, test_ids=tuple(ABSTRACTS)) -> Path:
 
 def run(corpus: Path, out: Path, **kwargs) -> dict:
     options = {"concurrency": 3, "timeout": 0.5, "progress": False, **kwargs}
-    return synthesize(corpus, "test", TEACHER, out, **options)
+    return synthesize(corpus, "test", parse_spec(TEACHER), out, **options)
 
 
 def read_pairs(path: Path) -> list[QAPair]:
@@ -317,11 +317,29 @@ def test_local_teacher_runs_in_process_batches(tiny_llama, tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
     out = tmp_path / "qa.jsonl"
     # A random 2-layer model cannot write "Q: x / A: y" (7+ tokens) in 4 tokens: every reply is unparsable.
-    summary = synthesize(corpus, "test", f"local:{tiny_llama}", out, concurrency=4,
+    summary = synthesize(corpus, "test", parse_spec(f"transformers:{tiny_llama}"), out, concurrency=4,
                          decoding=Decoding(max_new_tokens=4), progress=False)
     assert summary["totals"]["papers"] == 6 and summary["totals"]["unparsable"] == 6
     assert out.read_text() == ""
-    assert summary["teachers"] == {f"local:{tiny_llama}": 6}
+    assert summary["teachers"] == {f"transformers:{tiny_llama}": 6}
+
+
+def test_deprecated_teacher_spelling_still_works_with_a_warning(tiny_llama, tmp_path):
+    corpus = make_corpus(tmp_path / "corpus")
+    proc = subprocess.run(
+        [sys.executable, "-m", "econlm.cli", "qa", "synthesize", "--split", "test", "--teacher", f"local:{tiny_llama}",
+         "--corpus", str(corpus), "--limit", "1", "--max-new-tokens", "2", "--out", str(tmp_path / "qa.jsonl")],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("econlm: warning:")]
+    assert warnings == [
+        f"econlm: warning: 'local:{tiny_llama}' is deprecated and will be removed in the next release; "
+        f"use 'transformers:{tiny_llama}'",
+        f"econlm: warning: --teacher is deprecated and will be removed in the next release; "
+        f"use --model transformers:{tiny_llama}",
+    ]
+    assert read_progress(sidecar_paths(tmp_path / "qa.jsonl")[0])[0]["teacher"] == f"transformers:{tiny_llama}"
 
 
 def test_limit_takes_a_growing_seeded_subset(teacher_server, tmp_path):
@@ -337,12 +355,12 @@ def test_limit_takes_a_growing_seeded_subset(teacher_server, tmp_path):
 
 def test_cli_rejects_unknown_teacher_in_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "econlm.cli", "qa", "synthesize", "--split", "test", "--teacher", "gpt4",
+        [sys.executable, "-m", "econlm.cli", "qa", "synthesize", "--split", "test", "--model", "gpt4",
          "--out", str(tmp_path / "qa.jsonl")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "openai:<model>" in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "unknown model 'gpt4'" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------- units

@@ -27,10 +27,10 @@ def run_cli(*args: str, home) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, env=env)
 
 
-def test_app_help_names_the_upload_limit_and_backend():
+def test_app_help_names_the_upload_limit_and_model():
     result = CliRunner().invoke(cli, ["app", "--help"])
     assert result.exit_code == 0
-    assert "server.maxUploadSize" in result.output and "--backend" in result.output and "--port" in result.output
+    assert "server.maxUploadSize" in result.output and "--model" in result.output and "--port" in result.output
 
 
 def test_index_list_and_delete(home):

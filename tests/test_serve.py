@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from econlm.backends import Decoding
+from econlm.backends import Decoding, get_backend
 from econlm.backends.llamacpp import LlamaCppBackend
 from econlm.backends.openai import OpenAIBackend
 from econlm.serve import ServerLimits, create_app, load_test, serving
@@ -23,7 +23,7 @@ HELLO = [{"role": "user", "content": "What is the marginal propensity to consume
 
 @pytest.fixture(scope="module")
 def backend(tmp_path_factory) -> LlamaCppBackend:
-    return LlamaCppBackend(tiny_gguf(tmp_path_factory.mktemp("gguf"), "f16"))
+    return get_backend(f"llamacpp:{tiny_gguf(tmp_path_factory.mktemp('gguf'), 'f16')}")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from econlm.data.stats import corpus_stats
-from econlm.models import load_tokenizer
+from econlm.models import ModelRef, load_tokenizer
 
 
 def test_counts_per_split_category_and_year(small_corpus):
@@ -21,7 +21,7 @@ def test_counts_per_split_category_and_year(small_corpus):
 
 @pytest.mark.slow
 def test_token_percentiles_use_the_default_tokenizer(small_corpus):
-    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    tokenizer = load_tokenizer(ModelRef.parse("smollm2-135m-instruct"))
     stats = corpus_stats([small_corpus / "validation.jsonl"], tokenizer)
     pct = stats["token_percentiles"]["validation"]
     assert 0 < pct["title"]["p50"] <= pct["title"]["p90"] <= pct["title"]["p100"]

@@ -14,7 +14,7 @@ import torch
 from econlm.config import load_config
 from econlm.data.build import paper_examples
 from econlm.data.corpus import load_papers
-from econlm.models import load_model, load_tokenizer, model_hash
+from econlm.models import ModelRef, load_model, load_tokenizer
 from econlm.training import merge_run, train
 from econlm.training.data import (
     Encoded,
@@ -29,7 +29,7 @@ from econlm.types import Message, Paper, QAPair
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer("smollm2-135m-instruct")
+    return load_tokenizer(ModelRef.parse("smollm2-135m-instruct"))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_multi_turn_qa_masks_every_assistant_turn_and_no_user_turn(tokenizer):
 
 def test_packed_logits_equal_unpacked_logits(tiny_llama, tokenizer, papers):
     """Position ids that restart at 0 make transformers build a block-diagonal causal mask."""
-    model, _ = load_model(tiny_llama, device="cpu")
+    model, _ = load_model(ModelRef.parse(tiny_llama), device="cpu")
     items = [encode_example(e, tokenizer, 512) for e in paper_examples("classify", papers[:3], "validation")]
     with torch.no_grad():
         packed = collate(items, packed=True, pad_id=tokenizer.pad_token_id)
@@ -143,7 +143,7 @@ def test_debug_run_directory_describes_itself(debug_run, small_corpus):
     record = json.loads((debug_run / "econlm_run.json").read_text())
     assert record["templates"] == {"title": "econ-title@1", "classify": "econ-classify@1"}
     assert set(record["data"]["corpus_sha256"]) == {"train", "validation", "test"}
-    assert record["base_model_hash"] == model_hash(debug_run / "base")
+    assert record["base_model_hash"] == ModelRef.parse(debug_run).base.hash == ModelRef.parse(debug_run / "base").hash
     assert record["config"]["train"]["max_steps"] == 4 and record["seed"] == 0
     assert json.loads((debug_run / "adapter_config.json").read_text())["base_model_name_or_path"] == "./base"
     metrics = json.loads((debug_run / "metrics.json").read_text())
@@ -170,9 +170,10 @@ def test_best_adapter_is_the_one_with_the_lowest_validation_loss(debug_run):
 
 
 def test_run_dir_loads_and_merges(debug_run, tmp_path):
-    model, tokenizer = load_model(debug_run, device="cpu")
-    merged_dir = merge_run(debug_run, tmp_path / "merged")
-    merged, _ = load_model(merged_dir, device="cpu")
+    run = ModelRef.parse(debug_run)
+    model, tokenizer = load_model(run, device="cpu")
+    merged_dir = merge_run(run, tmp_path / "merged")
+    merged, _ = load_model(ModelRef.parse(merged_dir), device="cpu")
     assert not (merged_dir / "adapter_config.json").exists()
     enc = tokenizer.apply_chat_template([{"role": "user", "content": "What is GDP?"}], add_generation_prompt=True,
                                         return_tensors="pt", return_dict=True)
@@ -217,5 +218,5 @@ def test_two_real_steps_on_packaged_smollm2(small_corpus, tmp_path):
     weights = load_file(str(run / "adapter_model.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in weights.items())  # B starts at zero
     assert json.loads((run / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2-135m-instruct"
-    model, _ = load_model(run, device="cpu")
+    model, _ = load_model(ModelRef.parse(run), device="cpu")
     assert type(model).__name__.startswith("Peft")

@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from econlm import provenance
-from econlm.backends import Decoding
+from econlm.backends import Backend, Decoding, EngineSpec, get_backend
 from econlm.data.corpus import load_papers, split_files
 from econlm.data.templates import (ANSWER_TO_LABEL, CLASSIFY, LABEL_TO_ANSWER, ONE_SHOT_CLASSIFY, ONE_SHOT_TITLE,
                                    TITLE)
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, write_jsonl
 from econlm.metrics import classification_report, plot_confusion_matrix, title_report
+from econlm.models import ModelRef
 from econlm.types import CATEGORIES, SPLITS, LMClassifyPrediction, MetricReport, Paper, TitlePrediction
 
 EVAL_TASKS = ("title", "classify")
@@ -88,13 +89,10 @@ def parse_category(text: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def training_record(model_ref: str) -> dict[str, Any] | None:
+def training_record(model: ModelRef) -> dict[str, Any] | None:
     """What an `econlm train` run dir says about itself (templates, data hashes), for adapters that have it."""
-    from econlm.models import resolve
-
-    resolved = resolve(model_ref)
-    record = Path(resolved.source) / "econlm_run.json"
-    if resolved.kind != "adapter" or not record.is_file():
+    record = model.path / "econlm_run.json"
+    if model.kind != "adapter" or not record.is_file():
         return None
     run = json.loads(record.read_text(encoding="utf-8"))
     return {key: run.get(key) for key in ("created", "templates", "seed", "base_model_hash", "chat_template_sha256")} | {
@@ -111,8 +109,18 @@ def resolve_prompting(prompting: str, backend) -> str:
     return prompting
 
 
+def load_backend(spec: EngineSpec, batch_size: int = 16, dtype: str = "float32") -> Backend:
+    """The backend an evaluation runs on: transformers (batches of `batch_size`, `dtype`) or
+    llama.cpp; both score options from the model's own log-probabilities."""
+    if spec.engine == "transformers":
+        return get_backend(spec, dtype=dtype, batch_size=batch_size, progress=True)
+    if spec.engine == "llamacpp":
+        return get_backend(spec, progress=True)
+    raise UserError(f"{spec}: evaluation runs transformers:MODEL or llamacpp:FILE.gguf models")
+
+
 def evaluate(
-    model: str,
+    backend: Backend,
     task: str,
     corpus_dir: str | Path,
     out_dir: str | Path,
@@ -120,21 +128,12 @@ def evaluate(
     limit: int | None = None,
     prompting: str = "auto",
     decoding: Decoding = TITLE_DECODING,
-    batch_size: int = 16,
-    dtype: str = "float32",
     seed: int = 0,
-    backend=None,
 ) -> MetricReport:
-    """Run one model on one task and split; write predictions, metrics and plots to `out_dir`.
-
-    `backend` reuses an already loaded `TransformersBackend` (e.g. to evaluate both tasks).
-    """
+    """Run one loaded model (`load_backend`) on one task and split; write predictions, metrics and
+    plots to `out_dir`. The backend is the caller's, so one load serves both tasks."""
     check_task(task)
     papers = load_split(corpus_dir, split, limit, seed)
-    if backend is None:
-        from econlm.backends.hf import TransformersBackend
-
-        backend = TransformersBackend(model, dtype=dtype, batch_size=batch_size, progress=True)
     mode = resolve_prompting(prompting, backend)
     shot = one_shot_example(corpus_dir, seed) if mode == "one-shot" else None
     training = training_record(backend.model_ref)

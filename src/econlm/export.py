@@ -1,7 +1,7 @@
 """Export a (fine-tuned) LLaMA-architecture model as one GGUF file for llama.cpp, Ollama, LM Studio.
 
-The model is whatever `econlm.models.load_model` accepts: a merged HF folder, a LoRA adapter or
-run directory (merged on the fly), a packaged model name, or a hub id. The file carries the
+The model is a `econlm.models.ModelRef`: a merged HF folder, a LoRA adapter or run directory
+(merged on the fly), a packaged model name, or a hub id. The file carries the
 weights, the BPE tokenizer (tokens, merges, special ids) and the chat template, so that llama.cpp
 renders and tokenizes prompts exactly as training did.
 
@@ -27,12 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from econlm.errors import MissingExtraError, UserError
+from econlm.models import ModelRef, load_model
 
 QUANT_TYPES = ("f16", "q8_0", "q4_k_m")
 
 
-def export_gguf(model_ref: str | Path, out: str | Path, quant: str = "f16", progress: bool = True) -> dict[str, Any]:
-    """Write MODEL_REF as a GGUF file at OUT (atomically); returns what was written."""
+def export_gguf(model_ref: ModelRef, out: str | Path, quant: str = "f16", progress: bool = True) -> dict[str, Any]:
+    """Write MODEL_REF as a GGUF file at OUT (atomically); returns what was written.
+
+    The file's description records the model's content hash (`ModelRef.hash`), which pairs a
+    llama.cpp run of the file with the transformers runs of the model in a report."""
     if quant not in QUANT_TYPES:
         raise UserError(f"unknown quantisation {quant!r} (choose one of {', '.join(QUANT_TYPES)})")
     out = Path(out)
@@ -40,21 +44,18 @@ def export_gguf(model_ref: str | Path, out: str | Path, quant: str = "f16", prog
         raise UserError(f"{out}: the output file name must end in .gguf")
     if quant != "f16":
         _require_llama_cpp()
-    from econlm.models import load_model, model_hash, resolve
-
     started = time.perf_counter()
-    resolved = resolve(model_ref)  # a bad reference fails here, before anything heavy loads
-    model, tokenizer = load_model(str(model_ref), dtype="float32", device="cpu", merge_adapter=True)
-    info = {"model_ref": str(model_ref), "kind": resolved.kind, "model_hash": model_hash(model_ref)}
-    description = f"econlm export of {model_ref} ({resolved.kind}, content hash {info['model_hash']})"
+    model, tokenizer = load_model(model_ref, dtype="float32", device="cpu", merge_adapter=True)
+    info = {"model_ref": model_ref.text, "kind": model_ref.kind, "model_hash": model_ref.hash}
+    description = f"econlm export of {model_ref} ({model_ref.kind}, content hash {model_ref.hash})"
     with _temp_sibling(out) as tmp_path:
         if quant == "f16":
-            _write_f16(model, tokenizer, tmp_path, resolved.name, description, progress)
+            _write_f16(model, tokenizer, tmp_path, model_ref.name, description, progress)
         else:
             # llama.cpp quantises from a file: write f16 beside the output, quantise, drop it.
             with tempfile.TemporaryDirectory(prefix=".econlm-export-", dir=out.parent) as scratch:
                 f16_path = Path(scratch) / "model.f16.gguf"
-                _write_f16(model, tokenizer, f16_path, resolved.name, description, progress)
+                _write_f16(model, tokenizer, f16_path, model_ref.name, description, progress)
                 quantize_gguf(f16_path, tmp_path, quant)
     return {
         **info,

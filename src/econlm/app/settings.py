@@ -1,6 +1,7 @@
 """App settings from the environment (set by `econlm app` from its options).
 
-ECONLM_BACKEND   backend spec (see `econlm.backends`); default: the shipped econlm adapter
+ECONLM_BACKEND   the model spec, ENGINE:MODEL (`econlm app --model SPEC`, see `econlm.backends`; parsed
+                 where the backend is built); default: the shipped econlm adapter
                  ("transformers:econlm"), or the base model when the adapter is not present
 ECONLM_TOP_K     passages retrieved per answer (default 5)
 """
@@ -25,7 +26,7 @@ class BackendChoice:
 def backend_choice() -> BackendChoice:
     spec = os.environ.get("ECONLM_BACKEND", "").strip()
     if spec:
-        return BackendChoice(spec, "set by ECONLM_BACKEND / --backend")
+        return BackendChoice(spec, "set by econlm app --model (ECONLM_BACKEND)")
     if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
         return BackendChoice(f"transformers:{SHIPPED_ADAPTER_NAME}", "the shipped econlm fine-tune")
     return BackendChoice(

@@ -1,22 +1,32 @@
 """Generation and scoring backends: one interface for every place econlm runs a model.
 
-Evaluation, the app, Q&A synthesis and serving all talk to a `Backend`, chosen by a spec string:
+Evaluation, the app, Q&A synthesis, serving and the benchmarks all talk to a `Backend`, named by
+one spec grammar, ENGINE:MODEL (the same `--model SPEC` option everywhere):
 
-    transformers:<model>   in-process transformers (default); <model> is anything
-                           `econlm.models.resolve` accepts (packaged name, folder, .gguf, hub id,
-                           adapter/run dir, or "econlm" for the shipped adapter)
-    openai:<model>         any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server,
-                           Ollama); base URL from $OPENAI_BASE_URL, key from $OPENAI_API_KEY
-    llamacpp:<file.gguf>   llama.cpp in-process through llama-cpp-python (extra `[fast]`)
+    transformers:<model>   in-process transformers (the default: a bare <model> means this);
+                           <model> is anything `econlm.models.ModelRef.parse` accepts (packaged
+                           name, folder, .gguf, hub id, adapter/run dir, or "econlm" for the
+                           shipped adapter)
+    llamacpp:<file.gguf>   llama.cpp in-process through llama-cpp-python (extra `[fast]`); a
+                           packaged model name runs its GGUF
+    openai:<name>          any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server,
+                           Ollama) serving <name>; base URL from $OPENAI_BASE_URL, key from
+                           $OPENAI_API_KEY
 
-A bare model reference means `transformers:<model>`.
+A spec is parsed once, at the edge, into an `EngineSpec`; a new engine (vllm:) is one more entry
+in `ENGINES` and its backend class.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from econlm.errors import UserError
+from econlm.models import ModelRef
 
 Messages = list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
 
@@ -94,32 +104,86 @@ class Backend(Protocol):
         ...
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
-    """Split "kind:model" (a bare model means transformers); hub ids keep their slash."""
-    kind, sep, rest = spec.partition(":")
-    if sep and kind in BACKEND_KINDS:
-        return kind, rest
-    return "transformers", spec
+@dataclass(frozen=True)
+class Engine:
+    """An engine a spec can name: `local` ones run a `ModelRef` on this machine, the others send
+    the model's name to an endpoint; `backend` is the "module:Class" built for it."""
+
+    name: str
+    local: bool
+    backend: str
+    runs_kinds: tuple[str, ...] = ()  # the ModelRef kinds a local engine can run (empty: all)
 
 
-BACKEND_KINDS = ("transformers", "openai", "llamacpp")
+ENGINES = {
+    engine.name: engine
+    for engine in (
+        Engine("transformers", local=True, backend="econlm.backends.hf:TransformersBackend"),
+        Engine("llamacpp", local=True, backend="econlm.backends.llamacpp:LlamaCppBackend", runs_kinds=("gguf", "packaged")),
+        Engine("openai", local=False, backend="econlm.backends.openai:OpenAIBackend"),
+    )
+}
+DEFAULT_ENGINE = "transformers"
+_ENGINE_PREFIX = re.compile(r"[a-z][a-z0-9_-]*")
 
 
-def get_backend(spec: str, **options) -> Backend:
-    """Build the backend a spec string names (see the module docstring)."""
-    from econlm.errors import UserError
+@dataclass(frozen=True)
+class EngineSpec:
+    """ENGINE:MODEL, parsed once: the engine, and the local model (`model`) or the name an
+    endpoint serves (`served_name`)."""
 
-    kind, model = parse_spec(spec)
-    if not model:
-        raise UserError(f"backend spec {spec!r} names no model")
-    if kind == "transformers":
-        from econlm.backends.hf import TransformersBackend
+    engine: str
+    model: ModelRef | None = None
+    served_name: str | None = None
 
-        return TransformersBackend(model, **options)
-    if kind == "openai":
-        from econlm.backends.openai import OpenAIBackend
+    @classmethod
+    def of(cls, engine: str, model: ModelRef) -> EngineSpec:
+        """A local engine running `model`; a model that engine cannot run is a UserError."""
+        spec = ENGINES.get(engine)
+        if spec is None or not spec.local:
+            raise UserError(f"{engine!r} is not an engine that runs a local model (use {', '.join(_local_engines())})")
+        if spec.runs_kinds and model.kind not in spec.runs_kinds:
+            raise UserError(f"{engine}:{model}: the {engine} engine runs a .gguf file or a packaged model "
+                            "(make one with `econlm export gguf`)")
+        return cls(engine, model=model)
 
-        return OpenAIBackend(model, **options)
-    from econlm.backends.llamacpp import LlamaCppBackend
+    @property
+    def model_text(self) -> str:
+        return self.model.text if self.model is not None else str(self.served_name)
 
-    return LlamaCppBackend(model, **options)
+    def __str__(self) -> str:
+        return f"{self.engine}:{self.model_text}"
+
+
+def _local_engines() -> list[str]:
+    return [name for name, engine in ENGINES.items() if engine.local]
+
+
+def parse_spec(text: str) -> EngineSpec:
+    """ENGINE:MODEL (a bare MODEL means transformers:MODEL); hub ids keep their slash. A local
+    engine's model is resolved here (`ModelRef.parse`), so a bad one fails before anything loads."""
+    text = str(text).strip()
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix in ENGINES:
+        engine = prefix
+    elif sep and _ENGINE_PREFIX.fullmatch(prefix) and not Path(text).exists():
+        raise UserError(f"unknown engine {prefix!r} in {text!r}: use "
+                        f"{', '.join(f'{name}:MODEL' for name in ENGINES)}, or a bare MODEL ({DEFAULT_ENGINE})")
+    else:
+        engine, rest = DEFAULT_ENGINE, text
+    if not rest:
+        raise UserError(f"model spec {text!r} names no model")
+    if ENGINES[engine].local:
+        return EngineSpec.of(engine, ModelRef.parse(rest))
+    return EngineSpec(engine, served_name=rest)
+
+
+def get_backend(spec: EngineSpec | str, **options) -> Backend:
+    """Build the backend a spec names (see the module docstring); `options` go to its constructor."""
+    import importlib
+
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    module, _, cls = ENGINES[spec.engine].backend.partition(":")
+    backend_class = getattr(importlib.import_module(module), cls)
+    return backend_class(spec.model if spec.model is not None else spec.served_name, **options)

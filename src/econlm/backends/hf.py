@@ -16,11 +16,11 @@ import dataclasses
 import inspect
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from econlm.backends import Decoding, Messages
 from econlm.errors import UserError
+from econlm.models import ModelRef, load_model
 
 
 class TransformersBackend:
@@ -28,22 +28,20 @@ class TransformersBackend:
 
     def __init__(
         self,
-        model_ref: str | Path,
+        model_ref: ModelRef,
         dtype: str = "float32",
         device: str | None = None,
         batch_size: int = 16,
         progress: bool = False,
     ):
-        from econlm.models import load_model
-
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
-        self.model_ref = str(model_ref)
-        self.name = f"transformers:{self.model_ref}"
+        self.model_ref = model_ref
+        self.name = f"transformers:{model_ref}"
         self.dtype = dtype
         self.batch_size = batch_size
         self.progress = progress
-        self.model, self.tokenizer = load_model(self.model_ref, dtype=dtype, device=device)
+        self.model, self.tokenizer = load_model(model_ref, dtype=dtype, device=device)
         self.device = self.model.device
         # transformers 5 renamed the forward's `past_key_values` to `cache`; accept both.
         base_forward = inspect.signature(type(self._base_model()).forward).parameters
@@ -56,24 +54,14 @@ class TransformersBackend:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
     def describe(self) -> dict[str, Any]:
-        """Provenance: what was loaded, its content hashes, dtype and device."""
-        from econlm.models import adapter_base, model_hash, resolve
-
-        resolved = resolve(self.model_ref)
-        info: dict[str, Any] = {
+        """Provenance: the model reference's description (kind, content hashes, base), dtype and device."""
+        return {
             "backend": self.name,
-            "model_ref": self.model_ref,
-            "kind": resolved.kind,
+            **self.model_ref.describe(),
             "dtype": self.dtype,
             "device": str(self.device),
             "chat_template": self.has_chat_template,
         }
-        if resolved.kind == "adapter":
-            base = adapter_base(resolved.source)
-            info.update(base_model=base, base_model_hash=model_hash(base), adapter_hash=model_hash(resolved.source))
-        else:
-            info.update(base_model=self.model_ref, base_model_hash=model_hash(self.model_ref), adapter_hash=None)
-        return info
 
     # ------------------------------------------------------------------ prompts
 

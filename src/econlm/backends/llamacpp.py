@@ -18,11 +18,11 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from econlm.backends import Decoding, Messages
 from econlm.errors import MissingExtraError, UserError
+from econlm.models import ModelRef
 
 DEFAULT_N_CTX = 4096  # KV-cache size cap; the model's own context length when smaller
 
@@ -44,14 +44,12 @@ def _import_llama_cpp():
 class LlamaCppBackend:
     """Generation and scoring with llama.cpp over one GGUF file."""
 
-    def __init__(self, gguf_path: str | Path, n_ctx: int | None = None, n_threads: int | None = None, progress: bool = False):
+    def __init__(self, model_ref: ModelRef, n_ctx: int | None = None, n_threads: int | None = None, progress: bool = False):
         llama_cpp = _import_llama_cpp()
-        path = Path(gguf_path).expanduser()
-        if not path.is_file() or path.suffix != ".gguf":
-            raise UserError(f"{gguf_path}: the llamacpp backend needs a .gguf file (make one with `econlm export gguf`)")
+        path = model_ref.gguf_file()
         self.path = path
-        self.model_ref = str(path)
-        self.name = f"llamacpp:{path}"
+        self.model_ref = model_ref
+        self.name = f"llamacpp:{model_ref}"
         self.batch_size = 1  # llama.cpp runs one sequence at a time here
         self.progress = progress
         # All cores, as `econlm bench infer` measures (llama-cpp-python's default is half of them).
@@ -77,15 +75,13 @@ class LlamaCppBackend:
         return bool(self.chat_template)
 
     def describe(self) -> dict[str, Any]:
-        from econlm.io import sha256_file
-
+        """Provenance: the GGUF's description (its file sha256 as `source_sha256`; no safetensors
+        `hash`, llama.cpp never converts the file) and the model it was exported from."""
         return {
             "backend": self.name,
-            "model_ref": str(self.path),
-            "kind": "gguf",
-            "model_hash": sha256_file(self.path),
+            **self.model_ref.describe(content_hash=False),
             # `econlm export gguf` records the content hash of the model it converted (pairs the runs in a report)
-            "source_model_hash": _source_hash(self.metadata.get("general.description", "")),
+            "exported_from_hash": _source_hash(self.metadata.get("general.description", "")),
             "file_type": self.metadata.get("general.file_type"),
             "n_ctx": self.n_ctx,
             "chat_template": self.has_chat_template,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm.backends import Decoding
+from econlm.models import ModelRef
 
 
 def _timed(fn) -> tuple[Any, float]:
@@ -23,7 +24,7 @@ def _timed(fn) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def bench_eval(model: str, corpus_dir: str | Path, n: int = 32, batch_size: int = 16, max_new_tokens: int = 40,
+def bench_eval(model: ModelRef, corpus_dir: str | Path, n: int = 32, batch_size: int = 16, max_new_tokens: int = 40,
                dtype: str = "float32") -> dict[str, Any]:
     """Measure both tasks at batch size `batch_size` and 1; returns the result dict."""
     from econlm.backends.hf import TransformersBackend

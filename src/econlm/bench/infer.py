@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from econlm.bench.common import peak_rss_mb
+from econlm.models import ModelRef
 
 ENGINES = ("hf-fp32", "hf-bf16", "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_k_m")
 
 
-def default_model() -> str:
+def default_model() -> ModelRef:
     """The shipped econlm adapter when it is there, else the base model."""
     from econlm.models import DEFAULT_MODEL, SHIPPED_ADAPTER_DIR, SHIPPED_ADAPTER_NAME
 
-    return SHIPPED_ADAPTER_NAME if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file() else DEFAULT_MODEL
+    return ModelRef.parse(SHIPPED_ADAPTER_NAME if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file() else DEFAULT_MODEL)
 
 
 def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5, threads: int | None = None) -> float:
@@ -64,7 +65,7 @@ def title_prompts(corpus: Path, n: int) -> list[list[dict[str, str]]]:
 # Each runs in a spawned child process and returns per-prompt timings plus its peak RSS.
 
 
-def _time_transformers(model_ref: str, dtype: str, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
+def _time_transformers(model_ref: ModelRef, dtype: str, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -128,7 +129,7 @@ def _time_llama_cpp(gguf_path: str, prompts: list[list[int]], max_new_tokens: in
     return {"load_s": load_s, "weight_bytes": os.path.getsize(gguf_path), "per_prompt": list(timings), "outputs": list(outputs)}
 
 
-def _engine_worker(engine: str, source: str, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
+def _engine_worker(engine: str, source: ModelRef | str, prompts: list[list[int]], max_new_tokens: int) -> dict[str, Any]:
     if engine.startswith("hf-"):
         result = _time_transformers(source, {"hf-fp32": "float32", "hf-bf16": "bfloat16"}[engine], prompts, max_new_tokens)
     else:
@@ -167,7 +168,7 @@ def _summary(raw: dict[str, Any], bandwidth: float, prompt_lengths: list[int]) -
 
 
 def run_infer_bench(
-    model_ref: str,
+    model_ref: ModelRef,
     corpus: Path,
     n_prompts: int = 50,
     max_new_tokens: int = 32,
@@ -177,7 +178,7 @@ def run_infer_bench(
     """Run every engine on the same prompts; returns the JSON-ready result."""
     from econlm.errors import UserError
     from econlm.export import export_gguf
-    from econlm.models import load_tokenizer, model_hash
+    from econlm.models import load_tokenizer
     from econlm.paths import econlm_home
 
     unknown = sorted(set(engines) - set(ENGINES))
@@ -192,7 +193,7 @@ def run_infer_bench(
     ]
     prompt_lengths = [len(p) for p in prompts]
 
-    gguf_dir = econlm_home() / "gguf" / f"{Path(str(model_ref)).name}-{model_hash(model_ref)[:12]}"
+    gguf_dir = econlm_home() / "gguf" / f"{model_ref.name}-{model_ref.hash[:12]}"
     ggufs: dict[str, Path] = {}
     for engine in engines:
         if engine.startswith("llamacpp-"):
@@ -216,8 +217,8 @@ def run_infer_bench(
             results[engine]["same_output_as_hf_fp32"] = round(sum(a == b for a, b in zip(outs, reference)) / len(reference), 3)
 
     result: dict[str, Any] = {
-        "model": model_ref,
-        "model_hash": model_hash(model_ref),
+        "model": model_ref.text,
+        "model_hash": model_ref.hash,
         "prompts": {"task": "title", "n": len(prompts), "split": "test", "corpus": str(corpus),
                     "mean_prompt_tokens": round(statistics.mean(prompt_lengths), 1)},
         "decoding": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": 1, "threads": os.cpu_count()},

@@ -45,16 +45,17 @@ def _config(corpus: Path, examples: int, steps: int):
 
 
 def _encoded(config):
-    """The contenders' shared examples: econlm's own selection and encoding."""
-    from econlm.models import load_tokenizer
+    """The contenders' base model and shared examples: econlm's own selection and encoding."""
+    from econlm.models import ModelRef, load_tokenizer
     from econlm.training.data import encode_all
     from econlm.training.trainer import training_examples
 
-    tokenizer = load_tokenizer(config.model.base)
+    base = ModelRef.parse(config.model.base)
+    tokenizer = load_tokenizer(base)
     train_sets, val_sets, _ = training_examples(config)
     train, _ = encode_all([e for items in train_sets.values() for e in items], tokenizer, config.data.max_length)
     val = {task: encode_all(items, tokenizer, config.data.max_length)[0] for task, items in val_sets.items()}
-    return tokenizer, train, val
+    return base, tokenizer, train, val
 
 
 def _val_loss(model, val, tokenizer) -> float:
@@ -72,9 +73,7 @@ def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
-    from econlm.models import pretrained_source
-
-    tokenizer, train, val = _encoded(config)
+    base, tokenizer, train, val = _encoded(config)
     features = [{"input_ids": e.input_ids, "labels": [t if m else -100 for t, m in zip(e.input_ids, e.label_mask)]}
                 for e in train]
 
@@ -105,7 +104,7 @@ def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
             self.cpu_seconds.append(time.process_time() - self.cpu_started)
 
     torch.manual_seed(config.train.seed)
-    model = AutoModelForCausalLM.from_pretrained(pretrained_source(config.model.base), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base.pretrained_source(), dtype=torch.float32)
     lora = config.lora
     model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                              target_modules=lora.target_modules, task_type="CAUSAL_LM"))
@@ -138,16 +137,16 @@ def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
 def _run_econlm(config) -> dict[str, Any]:
     import json
 
-    from econlm.models import load_model
+    from econlm.models import ModelRef, load_model
     from econlm.training import train
 
-    tokenizer, _, val = _encoded(config)
+    _, tokenizer, _, val = _encoded(config)
     with tempfile.TemporaryDirectory() as tmp:
         run = train(config, Path(tmp) / "run", progress=False)
         peak = peak_rss_mb()
         metrics = json.loads((run / "metrics.json").read_text())
         rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-        model, _ = load_model(run, device="cpu")
+        model, _ = load_model(ModelRef.parse(run), device="cpu")
     steps = [r for r in rows if "loss" in r]
     return {
         "seconds": metrics["train_seconds"],

@@ -44,3 +44,46 @@ def resolve_corpus(corpus: Path | None) -> Path:
     from econlm.paths import default_corpus
 
     return corpus if corpus is not None else default_corpus()
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    """One line on stderr for a spelling that still works for this release."""
+    click.echo(f"econlm: warning: {old} is deprecated and will be removed in the next release; use {new}", err=True)
+
+
+class ModelSpecParam(click.ParamType):
+    """--model SPEC: ENGINE:MODEL parsed once into an `EngineSpec` (see `econlm.backends`).
+
+    `engines` limits what the command can run; the retired `local:` prefix still means
+    transformers: for this release."""
+
+    name = "SPEC"
+
+    def __init__(self, engines: tuple[str, ...] | None = None):
+        self.engines = engines
+
+    def convert(self, value, param, ctx):
+        from econlm.backends import EngineSpec, parse_spec
+        from econlm.errors import UserError
+
+        if isinstance(value, EngineSpec):
+            return value
+        text = str(value)
+        if text.startswith("local:"):
+            warn_deprecated(f"'{text}'", f"'transformers:{text.removeprefix('local:')}'")
+            text = "transformers:" + text.removeprefix("local:")
+        spec = parse_spec(text)
+        if self.engines is not None and spec.engine not in self.engines:
+            raise UserError(f"{spec}: this command runs {' or '.join(f'{e}:' for e in self.engines)} models")
+        return spec
+
+
+class ModelRefParam(click.ParamType):
+    """A model on this machine (no engine prefix), resolved once into a `ModelRef`."""
+
+    name = "MODEL"
+
+    def convert(self, value, param, ctx):
+        from econlm.models import ModelRef
+
+        return value if isinstance(value, ModelRef) else ModelRef.parse(value)

@@ -6,20 +6,22 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import bench, corpus_option, main, resolve_corpus
+from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve_corpus, warn_deprecated
 
 
 @main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=8501, show_default=True, help="Port to listen on.")
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Address to bind (localhost only by default; 0.0.0.0 exposes the app to the network).")
-@click.option("--backend", default=None,
-              help="Model backend spec, e.g. transformers:econlm or openai:MODEL (with $OPENAI_BASE_URL) "
+@click.option("--model", "spec", type=ModelSpecParam(), default=None,
+              help="ENGINE:MODEL, e.g. transformers:econlm, llamacpp:FILE.gguf or openai:NAME (with $OPENAI_BASE_URL) "
                    "[default: $ECONLM_BACKEND, else the shipped adapter, else the base model].")
+@click.option("--backend", "backend_spec", type=ModelSpecParam(), default=None, hidden=True,
+              help="Deprecated: use --model SPEC.")
 @click.option("--max-upload-mb", type=click.IntRange(1, 2000), default=50, show_default=True,
               help="Largest file the app accepts (Streamlit's server.maxUploadSize).")
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Passages retrieved per answer [default: 5].")
-def app(port: int, address: str, backend: str | None, max_upload_mb: int, top_k: int | None) -> None:
+def app(port: int, address: str, spec, backend_spec, max_upload_mb: int, top_k: int | None) -> None:
     """Start the Streamlit web app: Title, Classify, Ask, Papers, My documents.
 
     Reads the papers index ($ECONLM_HOME/indexes/papers, from `econlm index build`) and the model;
@@ -30,9 +32,14 @@ def app(port: int, address: str, backend: str | None, max_upload_mb: int, top_k:
 
     from econlm.app import settings
 
+    if backend_spec is not None:
+        if spec is not None:
+            raise click.UsageError("give the model once: --model SPEC (--backend is its deprecated spelling)")
+        warn_deprecated("--backend", f"--model {backend_spec}")
+        spec = backend_spec
     env = dict(os.environ)
-    if backend:
-        env["ECONLM_BACKEND"] = backend
+    if spec is not None:
+        env["ECONLM_BACKEND"] = str(spec)
     if top_k:
         env["ECONLM_TOP_K"] = str(top_k)
     script = Path(settings.__file__).with_name("main.py")

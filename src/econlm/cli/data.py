@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import corpus_option, main, resolve_corpus
+from econlm.cli._base import ModelRefParam, corpus_option, main, resolve_corpus
 
 
 @main.group()
@@ -41,9 +41,10 @@ def validate(paths: tuple[Path, ...], skip_invalid: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Directory for stats.json and stats.png [default: $ECONLM_HOME/stats].")
-@click.option("--model", default=None, help="Tokenizer for token lengths [default: the default base model].")
+@click.option("--model", type=ModelRefParam(), default=None,
+              help="Model whose tokenizer counts token lengths [default: the default base model].")
 @click.option("--no-tokens", is_flag=True, help="Skip token-length percentiles (no model needed).")
-def stats(paths: tuple[Path, ...], out: Path | None, model: str | None, no_tokens: bool) -> None:
+def stats(paths: tuple[Path, ...], out: Path | None, model, no_tokens: bool) -> None:
     """Counts per split x category x year and token-length percentiles.
 
     Reads corpus JSONL files (or directories holding train/validation/test.jsonl); prints tables
@@ -54,11 +55,11 @@ def stats(paths: tuple[Path, ...], out: Path | None, model: str | None, no_token
     from econlm.data.corpus import split_files
     from econlm.data.stats import corpus_stats, plot_stats, print_stats
     from econlm.io import atomic_write_json
-    from econlm.models import DEFAULT_MODEL, load_tokenizer
+    from econlm.models import DEFAULT_MODEL, ModelRef, load_tokenizer
     from econlm.paths import econlm_home
 
     files = [f for p in paths for f in (split_files(p).values() if p.is_dir() else [p])]
-    tokenizer = None if no_tokens else load_tokenizer(model or DEFAULT_MODEL)
+    tokenizer = None if no_tokens else load_tokenizer(model or ModelRef.parse(DEFAULT_MODEL))
     result = corpus_stats(files, tokenizer)
     print_stats(result, Console())
     out = out or econlm_home() / "stats"

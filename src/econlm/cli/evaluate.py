@@ -6,16 +6,18 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import bench, corpus_option, main, resolve_corpus
+from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve_corpus, warn_deprecated
 
 
 @main.command("eval")
 @corpus_option
-@click.option("--model", default="econlm", show_default=True,
-              help="Model: 'econlm' (shipped adapter), a training run dir or adapter dir, a packaged name "
-                   "(smollm2-135m-instruct, gemma3-270m), a HF folder, a .gguf file or a hub id.")
-@click.option("--backend", "backend_kind", type=click.Choice(["transformers", "llamacpp"]), default="transformers", show_default=True,
-              help="llamacpp: run MODEL, a .gguf file (`econlm export gguf`), with llama.cpp (extra [fast]); title and classify.")
+@click.option("--model", "spec", type=ModelSpecParam(("transformers", "llamacpp")), default="econlm", show_default=True,
+              help="ENGINE:MODEL. transformers:MODEL (the default engine, so a bare MODEL works): 'econlm' (shipped "
+                   "adapter), a training run or adapter dir, a packaged name (smollm2-135m-instruct, gemma3-270m), a "
+                   "HF folder, a .gguf file or a hub id. llamacpp:FILE.gguf (`econlm export gguf`): llama.cpp "
+                   "(extra [fast]), title and classify.")
+@click.option("--backend", "backend_kind", type=click.Choice(["transformers", "llamacpp"]), default=None, hidden=True,
+              help="Deprecated: use --model ENGINE:MODEL.")
 @click.option("--task", required=True, help="title, classify, or qa (Q&A and MMLU-econ; more options: econlm qa eval).")
 @click.option("--split", default="test", show_default=True, help="Corpus split to evaluate on.")
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of N papers.")
@@ -29,7 +31,7 @@ from econlm.cli._base import bench, corpus_option, main, resolve_corpus
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (with --temperature > 0).")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling, --limit subsets and the one-shot example.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-def eval_(corpus, model, backend_kind, task, split, limit, prompting, batch_size, dtype, max_new_tokens, temperature, top_p, seed, out):
+def eval_(corpus, spec, backend_kind, task, split, limit, prompting, batch_size, dtype, max_new_tokens, temperature, top_p, seed, out):
     """Evaluate a model on title generation or classification.
 
     Reads CORPUS/<split>.jsonl (and train.jsonl for one-shot prompts) and the model; writes
@@ -38,33 +40,28 @@ def eval_(corpus, model, backend_kind, task, split, limit, prompting, batch_size
     (rouge-score, stemmer) and BLEU; classification: constrained scoring of the three answers,
     accuracy, weighted/macro P/R/F1, free-generation parse rate.
     """
-    from econlm.backends import Decoding
-    from econlm.evaluate import check_task, evaluate
-    from econlm.models import resolve
+    from econlm.backends import Decoding, EngineSpec
+    from econlm.evaluate import check_task, evaluate, load_backend
 
+    if backend_kind is not None:
+        warn_deprecated(f"--backend {backend_kind}", f"--model {backend_kind}:{spec.model_text}")
+        spec = EngineSpec.of(backend_kind, spec.model)
     if task == "qa":  # Q&A + MMLU-econ live in econlm.qa.eval (also `econlm qa eval`)
-        if backend_kind != "transformers":
-            raise click.UsageError("--backend llamacpp supports --task title and classify")
+        if spec.engine != "transformers":
+            raise click.UsageError(f"--model {spec}: llamacpp: models support --task title and classify")
         from econlm.cli.qa import echo_qa_report
         from econlm.qa.eval import QA_DECODING, evaluate_qa
 
-        resolve(model)
         given = click.get_current_context().get_parameter_source("max_new_tokens") is click.core.ParameterSource.COMMANDLINE
         decoding = Decoding(max_new_tokens=max_new_tokens if given else QA_DECODING.max_new_tokens)
-        report = evaluate_qa(model, out, resolve_corpus(corpus), split=split, limit=limit, decoding=decoding,
-                             batch_size=batch_size, dtype=dtype, seed=seed)
+        report = evaluate_qa(load_backend(spec, batch_size=batch_size, dtype=dtype), out, resolve_corpus(corpus),
+                             split=split, limit=limit, decoding=decoding, seed=seed)
         echo_qa_report(report, out)
         return
     check_task(task)
-    resolve(model)  # an unknown or missing model fails here, before the corpus is read
-    backend = None
-    if backend_kind == "llamacpp":
-        from econlm.backends import get_backend
-
-        backend = get_backend(f"llamacpp:{model}", progress=True)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    report = evaluate(model, task, resolve_corpus(corpus), out, split=split, limit=limit, prompting=prompting,
-                      decoding=decoding, batch_size=batch_size, dtype=dtype, seed=seed, backend=backend)
+    report = evaluate(load_backend(spec, batch_size=batch_size, dtype=dtype), task, resolve_corpus(corpus), out,
+                      split=split, limit=limit, prompting=prompting, decoding=decoding, seed=seed)
     shown = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     click.echo(f"wrote {out}/predictions.jsonl and {out}/metrics.json ({report.provenance['seconds']:.0f}s)")
@@ -122,13 +119,14 @@ def report(run_dirs, title, notes, out):
 
 @bench.command("eval")
 @corpus_option
-@click.option("--model", default="smollm2-135m-instruct", show_default=True, help="Model to measure.")
+@click.option("--model", "spec", type=ModelSpecParam(("transformers",)), default="smollm2-135m-instruct",
+              show_default=True, help="transformers:MODEL to measure (a bare MODEL works).")
 @click.option("-n", "n", default=32, show_default=True, help="Test abstracts to use (the first N).")
 @click.option("--batch-size", default=16, show_default=True, help="Batch size of the batched runs.")
 @click.option("--max-new-tokens", default=40, show_default=True, help="Title length limit (greedy).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="A .json file, or a directory that gets eval-<timestamp>.json.")
-def bench_eval_(corpus, model, n, batch_size, max_new_tokens, out):
+def bench_eval_(corpus, spec, n, batch_size, max_new_tokens, out):
     """Titles/s of batched generation vs one-at-a-time generate; classification examples/s.
 
     Reads the first N test abstracts of CORPUS and the model; writes a JSON result to OUT.
@@ -138,7 +136,7 @@ def bench_eval_(corpus, model, n, batch_size, max_new_tokens, out):
     from econlm.bench.common import write_result
     from econlm.bench.eval import bench_eval
 
-    result = bench_eval(model, resolve_corpus(corpus), n=n, batch_size=batch_size, max_new_tokens=max_new_tokens)
+    result = bench_eval(spec.model, resolve_corpus(corpus), n=n, batch_size=batch_size, max_new_tokens=max_new_tokens)
     path = write_result(out, "eval", result)
     click.echo(json.dumps({k: result[k] for k in ("title_generation", "classification_constrained_scoring")}, indent=2))
     click.echo(f"wrote {path}")

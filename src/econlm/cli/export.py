@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import bench, corpus_option, main, resolve_corpus
+from econlm.cli._base import ModelRefParam, ModelSpecParam, bench, corpus_option, main, resolve_corpus
 
 QUANT_CHOICES = ("f16", "q8_0", "q4_k_m")  # econlm.export.QUANT_TYPES, kept here so --help stays instant
 
@@ -17,11 +17,11 @@ def export() -> None:
 
 
 @export.command("gguf")
-@click.argument("model")
+@click.argument("model", type=ModelRefParam())
 @click.option("--quant", type=click.Choice(QUANT_CHOICES), default="f16", show_default=True,
               help="f16: exact weights; q8_0: ~half the size, near-identical output; q4_k_m: ~quarter, small quality loss.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .gguf file.")
-def gguf(model: str, quant: str, out: Path) -> None:
+def gguf(model, quant: str, out: Path) -> None:
     """Write MODEL as one GGUF file with its tokenizer and chat template.
 
     MODEL: a merged model folder, a LoRA adapter or run directory (merged on the fly), a packaged
@@ -35,15 +35,15 @@ def gguf(model: str, quant: str, out: Path) -> None:
 
 
 @main.command()
-@click.option("--model", "spec", required=True,
-              help="Backend spec: llamacpp:FILE.gguf (fast CPU), transformers:MODEL or a bare MODEL, openai:NAME.")
+@click.option("--model", "spec", type=ModelSpecParam(), required=True,
+              help="ENGINE:MODEL: llamacpp:FILE.gguf (fast CPU), transformers:MODEL or a bare MODEL, openai:NAME.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 for all).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--name", default="econlm", show_default=True, help="Model id clients send (and /v1/models lists).")
 @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="Largest request body accepted.")
 @click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(1), help="Requests queued behind the running one; more get 503.")
-def serve(spec: str, host: str, port: int, name: str, max_tokens: int, max_body_bytes: int, max_waiting: int) -> None:
+def serve(spec, host: str, port: int, name: str, max_tokens: int, max_body_bytes: int, max_waiting: int) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat/completions with streaming).
 
     Reads the model the spec names; writes nothing. Clients: the econlm app and `openai:` backend
@@ -58,13 +58,15 @@ def serve(spec: str, host: str, port: int, name: str, max_tokens: int, max_body_
 
 @bench.command("infer")
 @corpus_option
-@click.option("--model", default=None, help="Model to compare [default: the shipped econlm adapter, else smollm2-135m-instruct].")
+@click.option("--model", "spec", type=ModelSpecParam(("transformers",)), default=None,
+              help="transformers:MODEL to compare (a bare MODEL works; it is exported to GGUF for the llama.cpp "
+                   "engines) [default: the shipped econlm adapter, else smollm2-135m-instruct].")
 @click.option("--n", "n_prompts", default=50, show_default=True, type=click.IntRange(1), help="Test abstracts to title.")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(2))
 @click.option("--engines", default=None, help="Comma-separated subset of: hf-fp32, hf-bf16, llamacpp-f16, llamacpp-q8_0, llamacpp-q4_k_m.")
 @click.option("--load-test/--no-load-test", default=True, show_default=True, help="Also load-test `econlm serve` (q8_0) on 127.0.0.1.")
 @click.option("--out", default=Path("bench/results"), show_default=True, type=click.Path(path_type=Path), help="Result .json file or directory.")
-def infer(corpus: Path | None, model: str | None, n_prompts: int, max_new_tokens: int, engines: str | None, load_test: bool, out: Path) -> None:
+def infer(corpus: Path | None, spec, n_prompts: int, max_new_tokens: int, engines: str | None, load_test: bool, out: Path) -> None:
     """Inference speed: transformers fp32/bf16 vs llama.cpp f16/q8_0/q4_k_m on the same prompts.
 
     Reads the first N test abstracts of the corpus and the model (exported to GGUF once, cached
@@ -76,7 +78,7 @@ def infer(corpus: Path | None, model: str | None, n_prompts: int, max_new_tokens
 
     chosen = tuple(e.strip() for e in engines.split(",")) if engines else ENGINES
     result = run_infer_bench(
-        model or default_model(), resolve_corpus(corpus), n_prompts=n_prompts, max_new_tokens=max_new_tokens,
+        spec.model if spec is not None else default_model(), resolve_corpus(corpus), n_prompts=n_prompts, max_new_tokens=max_new_tokens,
         engines=chosen, load_test=load_test,
     )
     path = write_result(out, "infer", result)

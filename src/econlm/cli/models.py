@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from econlm.cli._base import main
+from econlm.cli._base import ModelRefParam, main
 
 
 @main.group()
@@ -29,8 +29,8 @@ def list_() -> None:
 
 
 @models.command()
-@click.argument("name_or_path")
-def convert(name_or_path: str) -> None:
+@click.argument("model", type=ModelRefParam())
+def convert(model) -> None:
     """Convert a packaged model or .gguf file once into a safetensors HF folder.
 
     Reads the GGUF (sha256-checked for packaged models); writes $ECONLM_HOME/models/<name>-<hash>/.
@@ -38,8 +38,6 @@ def convert(name_or_path: str) -> None:
     """
     import time
 
-    from econlm.models import converted_dir
-
     started = time.perf_counter()
-    path = converted_dir(name_or_path)
+    path = model.converted_dir()
     click.echo(f"{path} ({time.perf_counter() - started:.1f}s)")

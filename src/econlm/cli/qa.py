@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import corpus_option, main, resolve_corpus
+from econlm.cli._base import ModelSpecParam, corpus_option, main, resolve_corpus, warn_deprecated
 
 
 @main.group()
@@ -17,15 +17,18 @@ def qa() -> None:
 @qa.command()
 @corpus_option
 @click.option("--split", required=True, help="Corpus split whose abstracts to use: train, validation or test.")
-@click.option("--teacher", required=True,
-              help="openai:<model> (OpenAI-compatible endpoint at $OPENAI_BASE_URL, key $OPENAI_API_KEY: OpenAI, "
-                   "vLLM, llama.cpp server, Ollama) or local:<model> (loaded in-process with transformers).")
+@click.option("--model", "spec", type=ModelSpecParam(), default=None,
+              help="The teacher, ENGINE:MODEL: openai:NAME (OpenAI-compatible endpoint at $OPENAI_BASE_URL, key "
+                   "$OPENAI_API_KEY: OpenAI, vLLM, llama.cpp server, Ollama), transformers:MODEL (in-process; a bare "
+                   "MODEL works) or llamacpp:FILE.gguf.")
+@click.option("--teacher", "teacher_spec", type=ModelSpecParam(), default=None, hidden=True,
+              help="Deprecated: use --model SPEC.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Q&A JSONL to append to (one QAPair per line); sidecars <stem>.progress.jsonl and <stem>.summary.json.")
 @click.option("--limit", type=int, default=None, help="Only the first N papers of a seeded shuffle of the split.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the paper order (the --limit subset) and of sampling.")
 @click.option("--concurrency", default=4, show_default=True,
-              help="Requests in flight (openai:) or prompts per batch (local:). Raise it for a vLLM deployment.")
+              help="Requests in flight (openai:) or prompts per batch (transformers:). Raise it for a vLLM deployment.")
 @click.option("--pairs", "n_pairs", default=3, show_default=True, help="Pairs asked per abstract (1-4).")
 @click.option("--dialogue", is_flag=True, help="Also ask for one follow-up exchange per pair (multi-turn examples).")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Teacher reply length limit.")
@@ -37,7 +40,7 @@ def qa() -> None:
               help="Drop answers whose content words are found in the abstract less often than this.")
 @click.option("--min-question-support", default=0.5, show_default=True,
               help="Drop questions whose content words are found in the abstract less often than this.")
-def synthesize(corpus, split, teacher, out, limit, seed, concurrency, n_pairs, dialogue, max_new_tokens, temperature,
+def synthesize(corpus, split, spec, teacher_spec, out, limit, seed, concurrency, n_pairs, dialogue, max_new_tokens, temperature,
                top_p, timeout, retries, min_answer_support, min_question_support) -> None:
     """Write 2-4 question-answer pairs per abstract with a teacher LLM, filtered and resumable.
 
@@ -46,14 +49,20 @@ def synthesize(corpus, split, teacher, out, limit, seed, concurrency, n_pairs, d
     every filter to <stem>.summary.json. Rerunning the same command resumes where it stopped.
     """
     from econlm.backends import Decoding
-    from econlm.qa.synthesize import Filters, parse_teacher
+    from econlm.qa.synthesize import Filters
     from econlm.qa.synthesize import synthesize as run_synthesis
 
-    parse_teacher(teacher)  # a bad spec fails before the corpus is read
+    if teacher_spec is not None:
+        if spec is not None:
+            raise click.UsageError("give the teacher once: --model SPEC (--teacher is its deprecated spelling)")
+        warn_deprecated("--teacher", f"--model {teacher_spec}")
+        spec = teacher_spec
+    if spec is None:
+        raise click.UsageError("give the teacher model: --model openai:NAME, transformers:MODEL or llamacpp:FILE.gguf")
     filters = Filters(min_answer_support=min_answer_support, min_question_support=min_question_support)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     summary = run_synthesis(
-        resolve_corpus(corpus), split, teacher, out, limit=limit, seed=seed, concurrency=concurrency,
+        resolve_corpus(corpus), split, spec, out, limit=limit, seed=seed, concurrency=concurrency,
         n_pairs=n_pairs, dialogue=dialogue, decoding=decoding, filters=filters, timeout=timeout, max_retries=retries,
     )
     run, totals = summary["last_run"], summary["totals"]
@@ -86,8 +95,9 @@ def datasheet(qa_file, notes, examples, seed, out) -> None:
 
 @qa.command("eval")
 @corpus_option
-@click.option("--model", default="econlm", show_default=True,
-              help="'econlm' (shipped adapter), an adapter or run dir, a packaged name, a HF folder, a .gguf or a hub id.")
+@click.option("--model", "spec", type=ModelSpecParam(("transformers",)), default="econlm", show_default=True,
+              help="transformers:MODEL (a bare MODEL works): 'econlm' (shipped adapter), an adapter or run dir, a "
+                   "packaged name, a HF folder, a .gguf or a hub id.")
 @click.option("--qa-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Q&A JSONL with reference answers [default: the shipped econ-qa.jsonl, data/qa/ in a checkout].")
 @click.option("--split", default="test", show_default=True, help="Score the pairs of this split's papers.")
@@ -101,7 +111,7 @@ def datasheet(qa_file, notes, examples, seed, out) -> None:
 @click.option("--max-new-tokens", default=96, show_default=True, help="Answer length limit.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the --limit subset.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-def eval_qa(corpus, model, qa_file, split, limit, mmlu_dir, no_mmlu, shots, batch_size, dtype, max_new_tokens, seed,
+def eval_qa(corpus, spec, qa_file, split, limit, mmlu_dir, no_mmlu, shots, batch_size, dtype, max_new_tokens, seed,
             out) -> None:
     """Evaluate a model on economics Q&A and MMLU-econ (also `econlm eval --task qa`).
 
@@ -111,13 +121,12 @@ def eval_qa(corpus, model, qa_file, split, limit, mmlu_dir, no_mmlu, shots, batc
     references, and MMLU 5-shot accuracy by log-likelihood of the letters and of the option texts.
     """
     from econlm.backends import Decoding
-    from econlm.models import resolve
+    from econlm.evaluate import load_backend
     from econlm.qa.eval import DEFAULT_QA_FILE, evaluate_qa
 
-    resolve(model)  # an unknown or missing model fails here, before anything is loaded
-    report = evaluate_qa(model, out, resolve_corpus(corpus), qa_file or DEFAULT_QA_FILE, split=split, limit=limit,
-                         mmlu_dir="" if no_mmlu else mmlu_dir, shots=shots, batch_size=batch_size, dtype=dtype,
-                         decoding=Decoding(max_new_tokens=max_new_tokens), seed=seed)
+    report = evaluate_qa(load_backend(spec, batch_size=batch_size, dtype=dtype), out, resolve_corpus(corpus),
+                         qa_file or DEFAULT_QA_FILE, split=split, limit=limit, mmlu_dir="" if no_mmlu else mmlu_dir,
+                         shots=shots, decoding=Decoding(max_new_tokens=max_new_tokens), seed=seed)
     echo_qa_report(report, out)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import bench, corpus_option, main
+from econlm.cli._base import ModelRefParam, bench, corpus_option, main
 
 
 @main.command()
@@ -50,10 +50,10 @@ def train(config_name: str | None, overrides: tuple[str, ...], corpus: Path | No
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=ModelRefParam())
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder for the merged model.")
-def merge(run_dir: Path, out: Path) -> None:
+def merge(run_dir, out: Path) -> None:
     """Merge a run's LoRA adapter into its base model.
 
     Reads RUN_DIR (adapter + recorded base model); writes OUT: a plain HF model folder

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm import provenance
-from econlm.backends import Decoding
+from econlm.backends import Backend, Decoding
 from econlm.data.corpus import load_papers, split_files
 from econlm.data.templates import QA
 from econlm.errors import UserError
@@ -56,7 +56,7 @@ def answer_questions(backend, pairs: list[QAPair], decoding: Decoding = QA_DECOD
 
 
 def evaluate_qa(
-    model: str,
+    backend: Backend,
     out_dir: str | Path,
     corpus_dir: str | Path,
     qa_file: str | Path = DEFAULT_QA_FILE,
@@ -65,22 +65,16 @@ def evaluate_qa(
     mmlu_dir: str | Path | None = None,
     shots: int = N_SHOTS,
     decoding: Decoding = QA_DECODING,
-    batch_size: int = 16,
-    dtype: str = "float32",
     seed: int = 0,
-    backend=None,
 ) -> MetricReport:
-    """Q&A metrics on the split's pairs, plus MMLU-econ accuracy unless `mmlu_dir` is "" (skip)."""
+    """Q&A metrics of one loaded model (`econlm.evaluate.load_backend`) on the split's pairs, plus
+    MMLU-econ accuracy unless `mmlu_dir` is "" (skip)."""
     qa_file = Path(qa_file)
     if not qa_file.is_file():
         raise UserError(f"{qa_file}: no Q&A file (write one with `econlm qa synthesize`)")
     pairs = load_qa_pairs(qa_file, corpus_dir, split, limit, seed)
-    if backend is None:
-        from econlm.backends.hf import TransformersBackend
-
-        backend = TransformersBackend(model, dtype=dtype, batch_size=batch_size, progress=True)
-    if not getattr(backend, "has_chat_template", True):
-        raise UserError(f"{model}: Q&A evaluation uses the chat prompt of training; this model has no chat template")
+    if not backend.has_chat_template:
+        raise UserError(f"{backend.name}: Q&A evaluation uses the chat prompt of training; this model has no chat template")
 
     started = time.perf_counter()
     raw = answer_questions(backend, pairs, decoding)

@@ -3,12 +3,13 @@
 Per paper: a named, versioned prompt -> the teacher's reply -> "Q:/A:" lines parsed -> filters
 (every drop counted) -> the kept pairs appended to the output JSONL as `QAPair` records.
 
-Teachers (`--teacher`):
-    openai:<model>   any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server, Ollama);
-                     base URL and key from $OPENAI_BASE_URL / $OPENAI_API_KEY; `concurrency`
-                     requests in flight from a thread pool (the backend is thread-safe)
-    local:<model>    a model econlm loads in-process with transformers (`transformers:<model>`),
-                     prompted in batches of `concurrency`
+Teachers (`--model SPEC`, see `econlm.backends`):
+    openai:<name>          any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp's server,
+                           Ollama); base URL and key from $OPENAI_BASE_URL / $OPENAI_API_KEY;
+                           `concurrency` requests in flight from a thread pool (the backend is
+                           thread-safe)
+    transformers:<model>   a model econlm loads in-process, prompted in batches of `concurrency`
+    llamacpp:<file.gguf>   a GGUF run in-process by llama.cpp, one prompt at a time
 
 Filters, applied in this order; a pair is counted under the first one it fails (`Filters` holds
 the thresholds). "Support" is the share of a text's distinct content words (stop words removed,
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm import provenance
-from econlm.backends import Backend, Decoding, Messages
+from econlm.backends import ENGINES, Backend, Decoding, EngineSpec, Messages, get_backend
 from econlm.data.build import drop_leaks
 from econlm.data.corpus import load_corpus
 from econlm.data.templates import SYNTHESIS_DIALOGUE, SYNTHESIS_PAIRS, ChatTemplate
@@ -55,7 +56,6 @@ from econlm.errors import UserError
 from econlm.io import atomic_write_json, atomic_write_text
 from econlm.types import SPLITS, Message, Paper, QAPair, normalize_ws
 
-TEACHER_KINDS = ("openai", "local")
 # Room for four pairs (~50 tokens each); a rambling reply is cut here.
 TEACHER_DECODING = Decoding(max_new_tokens=256, temperature=0.3, top_p=0.9, seed=0)
 # A dead endpoint should stop the run, not fail every remaining paper one by one.
@@ -343,22 +343,14 @@ def select_papers(corpus_dir: str | Path, split: str, limit: int | None = None, 
     return papers[:limit] if limit else papers
 
 
-def parse_teacher(spec: str) -> tuple[str, str]:
-    kind, sep, model = spec.partition(":")
-    if not sep or kind not in TEACHER_KINDS or not model:
-        raise UserError(f"teacher {spec!r}: use openai:<model> (an OpenAI-compatible endpoint) or local:<model>")
-    return kind, model
-
-
-def load_teacher(spec: str, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 3) -> Backend:
-    """The backend a teacher spec names: `openai:` as is, `local:` as `transformers:` (batch size
-    `concurrency`)."""
-    from econlm.backends import get_backend
-
-    kind, model = parse_teacher(spec)
-    if kind == "local":
-        return get_backend(f"transformers:{model}", batch_size=concurrency, progress=False)
-    return get_backend(f"openai:{model}", timeout=timeout, max_retries=max_retries, concurrency=concurrency)
+def load_teacher(spec: EngineSpec, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 3) -> Backend:
+    """The teacher's backend: an endpoint with `concurrency` requests in flight, or an in-process
+    model (transformers batches `concurrency` prompts)."""
+    if spec.engine == "transformers":
+        return get_backend(spec, batch_size=concurrency, progress=False)
+    if ENGINES[spec.engine].local:
+        return get_backend(spec)
+    return get_backend(spec, timeout=timeout, max_retries=max_retries, concurrency=concurrency)
 
 
 def _teacher_errors() -> tuple[type[BaseException], ...]:
@@ -372,7 +364,7 @@ def _teacher_errors() -> tuple[type[BaseException], ...]:
 def synthesize(
     corpus_dir: str | Path,
     split: str,
-    teacher: str,
+    teacher: EngineSpec,
     out: str | Path,
     *,
     limit: int | None = None,
@@ -389,7 +381,7 @@ def synthesize(
     """Write Q&A pairs for the split's papers to `out` (appending, resumable); returns the summary."""
     from tqdm.auto import tqdm
 
-    kind, _ = parse_teacher(teacher)
+    teacher_name = str(teacher)  # recorded with every pair and progress line
     if concurrency < 1:
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
     if not 1 <= n_pairs <= filters.max_pairs:
@@ -398,15 +390,15 @@ def synthesize(
     papers = select_papers(corpus_dir, split, limit, seed)
     store = ResumableStore(out)
     pending = [p for p in papers if p.arxiv_id not in store.done]
-    run = provenance.build(corpus_dir=corpus_dir, seed=seed, split=split, teacher=teacher, prompt=prompt.id,
+    run = provenance.build(corpus_dir=corpus_dir, seed=seed, split=split, teacher=teacher_name, prompt=prompt.id,
                            pairs_asked=n_pairs, selected=len(papers), already_done=len(papers) - len(pending),
                            finished=0, failed=0, errors=[], pairs_dropped_on_recovery=store.recovered_pairs_dropped)
     started = time.perf_counter()
     bar = tqdm(total=len(pending), desc=f"qa {split}", unit="paper", disable=not progress, mininterval=2)
 
     def finish(paper: Paper, reply: str, seconds: float) -> None:
-        review = review_reply(paper, reply, filters, store.seen_questions, split, teacher, prompt.id)
-        store.add(review.kept, {"source_id": paper.arxiv_id, "split": split, "teacher": teacher, "prompt": prompt.id,
+        review = review_reply(paper, reply, filters, store.seen_questions, split, teacher_name, prompt.id)
+        store.add(review.kept, {"source_id": paper.arxiv_id, "split": split, "teacher": teacher_name, "prompt": prompt.id,
                                 "counts": dict(review.counts), "seconds": round(seconds, 2), "rejected": review.rejected})
         run["finished"] += 1
         bar.update(1)
@@ -414,7 +406,7 @@ def synthesize(
 
     try:
         backend = load_teacher(teacher, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
-        if kind == "local":
+        if ENGINES[teacher.engine].local:
             _run_batched(backend, pending, prompt, n_pairs, decoding, concurrency, finish)
         else:
             _run_concurrent(backend, pending, prompt, n_pairs, decoding, concurrency, finish, run)

@@ -43,6 +43,7 @@ from econlm.allocator import current_allocator
 from econlm.config import TrainConfig, validate_config
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, sha256_file
+from econlm.models import ModelRef
 from econlm.training.checkpoint import (
     TrainState,
     checkpoint_dirs,
@@ -159,17 +160,15 @@ def _random_base(config: TrainConfig, tokenizer, folder: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
-def base_reference(config: TrainConfig, run_dir: Path) -> tuple[str, Path | str]:
+def base_reference(config: TrainConfig, run_dir: Path, base: ModelRef) -> tuple[str, str]:
     """(reference stored in adapter_config.json, what `from_pretrained` loads).
 
-    A random base lives in RUN_DIR/base and is recorded as "./base", which
-    `econlm.models.adapter_base` resolves against the adapter's folder.
+    A random base lives in RUN_DIR/base and is recorded as "./base", which `econlm.models.ModelRef`
+    resolves against the adapter's folder.
     """
-    from econlm.models import pretrained_source
-
     if config.model.random_init is not None:
-        return f"./{BASE_DIR}", run_dir / BASE_DIR
-    return config.model.base, pretrained_source(config.model.base)
+        return f"./{BASE_DIR}", str(run_dir / BASE_DIR)
+    return base.text, base.pretrained_source()
 
 
 def build_model(config: TrainConfig, source: Path | str, base_ref: str, device_index: int):
@@ -272,8 +271,9 @@ class Run:
     encoded_counts: dict[str, int]
     data_provenance: dict[str, Any]
     schedule: Schedule
+    base: ModelRef
     base_ref: str  # recorded in adapter_config.json
-    base_source: Path | str  # what `from_pretrained` loads
+    base_source: str  # what `from_pretrained` loads
     model: Any  # prepared for the processes (DDP-wrapped when there are several)
     unwrapped: Any  # the peft model itself: what is evaluated and saved
     optimizer: Any
@@ -322,7 +322,8 @@ class Run:
         from econlm.models import load_tokenizer
 
         config = self.config
-        self.tokenizer = load_tokenizer(config.model.base)
+        self.base = ModelRef.parse(config.model.base)  # the run's base model, resolved once where the run starts
+        self.tokenizer = load_tokenizer(self.base)
         train_sets, val_sets, self.data_provenance = training_examples(config)
         self.train_encoded, self.encoded_counts = encode_all(
             [e for items in train_sets.values() for e in items], self.tokenizer, config.data.max_length)
@@ -337,10 +338,8 @@ class Run:
 
     def _prepare_run_dir(self) -> None:
         """A new run records itself (tokenizer, econlm_run.json); a resumed one must match its record."""
-        from econlm.models import model_hash
-
         config, run_dir = self.config, self.run_dir
-        self.base_ref, self.base_source = base_reference(config, run_dir)
+        self.base_ref, self.base_source = base_reference(config, run_dir, self.base)
         if self.resuming:
             self._check_same_run(self.data_provenance, self.accelerator.num_processes)
         if self.is_main:
@@ -348,7 +347,7 @@ class Run:
                 _random_base(config, self.tokenizer, run_dir / BASE_DIR)
             if not self.resuming:
                 self.tokenizer.save_pretrained(run_dir)
-                self._write_run_file(model_hash(self.base_source))
+                self._write_run_file(ModelRef.parse(self.base_source).hash)
             remove_partial_saves(run_dir)
         self.accelerator.wait_for_everyone()
 
