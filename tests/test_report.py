@@ -132,3 +132,23 @@ def test_exported_gguf_runs_are_set_beside_their_source_model(run_dirs):
     assert "llama.cpp" not in text.split("## Table 1")[1].split("## Table 2")[0]
     gguf_row = next(line for line in text.split("## Provenance")[1].splitlines() if "llama.cpp" in line)
     assert f"`{'d' * 16}` | `{'b' * 16}`" in gguf_row  # the GGUF file's hash, then the model it was exported from
+
+
+def test_model_identity_reads_both_provenance_formats():
+    """Runs recorded with `ModelRef.describe()` and the committed ones with flat keys name a model alike."""
+    base = {"ref": "smollm2-135m-instruct", "kind": "packaged", "name": "smollm2-135m-instruct", "hash": "a" * 64,
+            "source_sha256": "e" * 64, "base": None}
+    new_adapter = {"backend": "transformers:econlm", "ref": "econlm", "kind": "adapter", "name": "econlm",
+                   "hash": "b" * 64, "source_sha256": None, "base": base}
+    new_gguf = {"backend": "llamacpp:/x/econlm.q8_0.gguf", "ref": "/x/econlm.q8_0.gguf", "kind": "gguf",
+                "name": "econlm.q8_0", "hash": None, "source_sha256": "d" * 64, "base": None,
+                "exported_from_hash": "b" * 64}
+    old_gguf = {"kind": "gguf", "model_ref": "/x/econlm.q8_0.gguf", "model_hash": "d" * 64, "source_model_hash": "b" * 64}
+    old, new = report.ModelIdentity.of(model_provenance("adapter")["model"]), report.ModelIdentity.of(new_adapter)
+    assert (old.kind, old.base_name, old.content_hash, old.base_hash, old.adapter_hash) == \
+           (new.kind, new.base_name, new.content_hash, new.base_hash, new.adapter_hash) == \
+           ("adapter", "smollm2-135m-instruct", "b" * 64, "a" * 64, "b" * 64)
+    packaged = report.ModelIdentity.of({"backend": "transformers:smollm2-135m-instruct", **base})
+    assert packaged.content_hash == packaged.base_hash == "a" * 64 and packaged.adapter_hash is None
+    for gguf in (report.ModelIdentity.of(new_gguf), report.ModelIdentity.of(old_gguf)):
+        assert (gguf.engine, gguf.file_sha256, gguf.exported_from, gguf.content_hash) == ("llamacpp", "d" * 64, "b" * 64, None)

@@ -433,7 +433,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
                "accuracy scores each option's text per byte instead.", ""]
     if parity:
         md += ["## Exported model (GGUF through llama.cpp) vs transformers", "",
-               "Each `econlm eval --backend llamacpp` run beside the transformers run of the model it was exported "
+               "Each `econlm eval --model llamacpp:FILE.gguf` run beside the transformers run of the model it was exported "
                f"from, both rescored on the papers both saw; target ratio >= {PARITY_TARGET}.", "",
                "| Task | Exported | Transformers | Metric | n | Transformers | Exported | Ratio |", "|---|---|---|---|---|---|---|---|"]
         md += [f"| {p['task']} | {p['exported']} | {p['transformers']} | {p['metric']} | {p['n']} | "
