@@ -15,6 +15,7 @@ from econlm.backends import Decoding, get_backend
 from econlm.backends.llamacpp import LlamaCppBackend
 from econlm.backends.openai import OpenAIBackend
 from econlm.serve import ServerLimits, create_app, load_test, serving
+from fakes import FakeBackend
 from gguf_models import tiny_gguf
 
 LIMITS = ServerLimits(max_tokens=64, default_max_tokens=16, max_body_bytes=20_000, max_waiting=8)
@@ -112,12 +113,13 @@ def test_unknown_route_and_method_are_json_errors(base_url):
     assert_still_serving(base_url)
 
 
-class BlockingBackend:
+class BlockingBackend(FakeBackend):
     """Holds every chat until released: makes the wait queue fill up deterministically."""
 
     name = "blocking"
 
     def __init__(self) -> None:
+        super().__init__()
         self.release = threading.Event()
         self.started = threading.Semaphore(0)
 
@@ -128,9 +130,6 @@ class BlockingBackend:
 
     def stream_chat(self, conversation, decoding=Decoding()):
         yield from self.chat([conversation], decoding)[0]
-
-    def score_options(self, conversations, options):
-        return [[0.0] * len(options) for _ in conversations]
 
 
 def test_full_queue_is_503_and_queued_requests_complete():
