@@ -216,7 +216,8 @@ def test_bad_uploads_each_get_a_message_and_the_good_file_is_kept(home):
         ("empty.txt", b"", "text/plain"),
         ("slides.pptx", b"PK\x03\x04", "application/octet-stream"),
         ("bomb.pdf", make_bomb_pdf(100), "application/pdf"),
-        ("latin1.txt", "Pr\xe9f\xe9rences".encode("latin-1"), "text/plain"),
+        ("image.txt", b"\x89PNG\r\n\x1a\n\xff\xd8\xfe\x81\x9d" * 20, "text/plain"),
+        ("latin1.txt", "Pr\xe9f\xe9rences r\xe9v\xe9l\xe9es".encode("latin-1"), "text/plain"),
         ("report.pdf", good, "application/pdf"),
     ])
     errors = texts(at.error)
@@ -227,11 +228,12 @@ def test_bad_uploads_each_get_a_message_and_the_good_file_is_kept(home):
         "empty.txt: the file is empty",
         "slides.pptx: unsupported file type '.pptx'",
         "bomb.pdf: parsing stopped at a safety limit",
-        "latin1.txt: not UTF-8 text",
+        "image.txt: not text in any encoding econlm can detect",
     ]
     assert len(errors) == len(expected) and all(e.startswith(x) for e, x in zip(errors, expected)), errors
     assert "needs OCR" in errors[2]
-    assert texts(at.success) == ["Indexed report.pdf (2 pages, 2 chunks)"]
+    assert texts(at.success) == ["Indexed latin1.txt (1 pages, 1 chunks, read as cp1252)",
+                                 "Indexed report.pdf (2 pages, 2 chunks)"]
     at.chat_input[0].set_value("minimum wage employment").run()
     assert "\\[report.pdf, p. 2]" in at.chat_message[1].markdown[0].value
 

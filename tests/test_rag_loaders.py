@@ -29,6 +29,22 @@ def test_text_and_markdown_with_form_feed_pages(tmp_path):
     assert md.metadata["kind"] == "markdown" and split_documents([md])[0].page == 1
 
 
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [
+        ("Préférences révélées".encode("latin-1"), "cp1252"),
+        ("Der “Euro” stieg um 5 € – Zölle".encode("cp1252"), "cp1252"),
+        ("Préférences révélées\fZölle".encode("utf-16"), "utf-16"),
+        ("\ufeffPréférences révélées".encode(), "utf-8-sig"),
+        ("Денежно-кредитная политика центрального банка влияет на инфляцию.".encode("cp1251"), "cp1251"),
+    ],
+)
+def test_text_in_other_encodings_is_decoded_and_the_encoding_recorded(data, encoding):
+    doc = load_bytes("notes.txt", data)
+    assert doc.metadata["encoding"] == encoding
+    assert doc.pages[0] in data.decode(encoding).split("\f")[0] and "\ufeff" not in doc.pages[0]
+
+
 def test_long_page_is_split_into_overlapping_chunks():
     sentence = "Monetary policy affects output through the credit channel. "
     doc = load_bytes("long.txt", (sentence * 60).encode())
@@ -44,7 +60,7 @@ def test_long_page_is_split_into_overlapping_chunks():
         ("empty.pdf", b"", "the file is empty"),
         ("empty.txt", b"", "the file is empty"),
         ("blank.md", b"   \n\n ", "contains no text"),
-        ("latin1.txt", "Préférences révélées".encode("latin-1"), "not UTF-8 text (byte 0xe9 at position 2)"),
+        ("image.txt", b"\x89PNG\r\n\x1a\n\xff\xd8\xfe\x81\x9d" * 20, "not text in any encoding econlm can detect (byte 0x89 at position 0"),
         ("binary.txt", b"abc\x00def", "binary file"),
         ("fake.pdf", b"this is not a PDF at all", "not a PDF file"),
     ],

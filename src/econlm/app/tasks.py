@@ -7,13 +7,12 @@ model exactly what it learned to answer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 from econlm.backends import Backend, Decoding, Messages
 from econlm.data.templates import CLASSIFY, LABEL_TO_ANSWER, QA, TITLE
 from econlm.errors import UserError
-from econlm.rag import store
-from econlm.rag.loaders import ParseLimits, load_bytes
+from econlm.rag.assistant import AddReport, add_files
+from econlm.rag.loaders import ParseLimits
 from econlm.types import CATEGORIES, normalize_ws
 
 TITLE_DECODING = Decoding(max_new_tokens=48)
@@ -42,10 +41,17 @@ def suggest_titles(backend: Backend, abstract: str, alternatives: bool = False) 
     return title, others
 
 
-def classify(backend: Backend, abstract: str) -> dict[str, float]:
-    """Probability of each category (econ.EM, econ.GN, econ.TH): softmax over the answers' log-likelihoods."""
-    conversation = [m.model_dump() for m in CLASSIFY.prompt(abstract=_abstract(abstract))]
+def classify(backend: Backend, abstract: str, classifier=None) -> dict[str, float]:
+    """Probability of each category (econ.EM, econ.GN, econ.TH): the econlm classifier's when given
+    (`econlm.classifier`, fitted on this backend's model), else a softmax over the answers' log-likelihoods."""
+    abstract = _abstract(abstract)
     labels = list(CATEGORIES)
+    if classifier is not None:
+        from econlm.classifier import LABELS, probabilities
+
+        row = probabilities(classifier, backend, [abstract])[0]
+        return {label: float(row[LABELS.index(label)]) for label in labels}
+    conversation = [m.model_dump() for m in CLASSIFY.prompt(abstract=abstract)]
     scores = backend.score_options([conversation], [LABEL_TO_ANSWER[label] for label in labels])[0]
     top = max(scores)
     weights = [math.exp(s - top) for s in scores]
@@ -60,28 +66,6 @@ def qa_conversation(history: list[dict], question: str) -> Messages:
     return [{"role": "system", "content": QA.system}, *turns, {"role": "user", "content": question.strip()}]
 
 
-@dataclass
-class UploadReport:
-    """What happened to each uploaded file: indexed, already there, or refused (with why)."""
-
-    added: list[str] = field(default_factory=list)  # "name (N pages, M chunks)"
-    skipped: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-
-def add_uploads(index_name: str, files: list[tuple[str, bytes]], embedder, limits: ParseLimits) -> UploadReport:
-    """Parse each file on its own (one bad file costs only itself), then add the good ones at once."""
-    report = UploadReport()
-    path = store.index_dir(index_name)
-    documents = []
-    for name, data in files:
-        try:
-            documents.append(load_bytes(name, data, limits))
-        except UserError as exc:
-            report.errors.append(str(exc))
-    if documents:
-        result = store.add_documents(path, documents, embedder)
-        sources = {s["source"]: s for s in result.index.manifest["sources"]}
-        report.added = [f"{n} ({sources[n]['pages']} pages, {sources[n]['chunks']} chunks)" for n in result.added]
-        report.skipped = [f"{n} is already in '{index_name}' (same content)" for n in result.skipped]
-    return report
+def add_uploads(index_name: str, files: list[tuple[str, bytes]], embedder, limits: ParseLimits) -> AddReport:
+    """The upload: each file parsed on its own, so one bad file costs only itself; the good ones are added."""
+    return add_files(index_name, files, embedder, limits, keep_good=True)

@@ -1,4 +1,5 @@
-"""`econlm app`, `econlm index ...` and `econlm bench rag`: the web app and its retrieval indexes."""
+"""`econlm app`, `econlm index ...`, `econlm ask` and `econlm bench rag`: the web app, its retrieval
+indexes, and the same assistant on the command line (`econlm.rag.assistant`)."""
 
 from __future__ import annotations
 
@@ -89,6 +90,28 @@ def build(corpus: Path | None, out: Path | None, splits: str, index_type: str, l
                f"{index_type} ({time.perf_counter() - started:.0f}s)")
 
 
+@index.command("add")
+@click.argument("name")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--max-file-mb", type=click.IntRange(1, 2000), default=50, show_default=True,
+              help="Largest file accepted (the app's --max-upload-mb).")
+def add(name: str, files: tuple[Path, ...], max_file_mb: int) -> None:
+    """Add PDF, TXT or Markdown FILES to the documents index NAME (created if new).
+
+    Parses the files as the app's My documents page does (text files in any encoding, read as
+    detected; PDFs in a bounded subprocess), embeds them with the packaged all-MiniLM-L6-v2 and
+    writes the index atomically. If any file is refused, nothing is added.
+    """
+    from econlm.rag.assistant import add_files
+    from econlm.rag.loaders import MB, ParseLimits
+
+    report = add_files(name, files, limits=ParseLimits(max_bytes=max_file_mb * MB))
+    for added in report.added:
+        click.echo(f"indexed {added}")
+    for line in report.skipped:
+        click.echo(line)
+
+
 @index.command("list")
 def list_() -> None:
     """List the indexes under $ECONLM_HOME/indexes (reads their manifests; writes nothing)."""
@@ -122,6 +145,41 @@ def delete(name: str, yes: bool) -> None:
         click.confirm(f"Delete {path}?", abort=True)
     delete_index(path)
     click.echo(f"deleted {path}")
+
+
+@main.command()
+@click.argument("question")
+@click.option("--index", "index_name", default="papers", show_default=True,
+              help="Index to answer from: papers (the corpus, `econlm index build`) or a documents index (`econlm index add`).")
+@click.option("--model", "spec", type=ModelSpecParam(), default=None,
+              help="ENGINE:MODEL that writes the answer [default: the app's, $ECONLM_BACKEND or the shipped adapter].")
+@click.option("--k", type=click.IntRange(1, 50), default=5, show_default=True, help="Passages retrieved.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (answer, citations, passages, model, timings).")
+def ask(question: str, index_name: str, spec, k: int, as_json: bool) -> None:
+    """Answer QUESTION from an index's passages, citing them, as the app's Papers and My documents pages do.
+
+    Prints the answer, where each citation comes from, and the passages it read. Reads the index
+    and the model; writes nothing.
+    """
+    import json
+
+    from econlm.rag.assistant import Assistant, clean_question
+
+    question = clean_question(question)
+    reply = Assistant(index_name, model=spec, k=k).ask(question)
+    if as_json:
+        click.echo(json.dumps(reply.summary(), ensure_ascii=False, indent=2))
+        return
+    click.echo(reply.text)
+    if reply.citations:
+        click.echo(f"\nCites: {' '.join(reply.citations)}")
+    if reply.unsupported_citations:
+        click.echo(f"Also cited, but not among the passages: {' '.join(reply.unsupported_citations)}")
+    if reply.passages:
+        click.echo(f"\nPassages ({len(reply.passages)}):")
+        for passage in reply.summary()["passages"]:
+            click.echo(f"--- {passage['label']}\n{passage['text'].strip()}")
+    click.echo(f"\n{reply.model}; retrieval {reply.timings.retrieve_s:.2f} s, answer {reply.timings.answer_s:.2f} s", err=True)
 
 
 @bench.command("rag")

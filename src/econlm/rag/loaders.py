@@ -1,13 +1,15 @@
 """Turn uploaded files (PDF, plain text, Markdown) into `Document`s with their page numbers.
 
 Every way a file can be bad ends in a `UserError` with one sentence the app shows as is: wrong
-extension, empty, over the upload limit, not UTF-8, encrypted, damaged, no text layer (needs OCR),
-or too costly to parse. PDFs are parsed in a subprocess (`econlm.rag._pdf_worker`) with a capped
-address space and a wall-clock timeout, so a decompression bomb cannot take the app down.
+extension, empty, over the upload limit, bytes that are text in no encoding, encrypted, damaged,
+no text layer (needs OCR), or too costly to parse. PDFs are parsed in a subprocess
+(`econlm.rag._pdf_worker`) with a capped address space and a wall-clock timeout, so a
+decompression bomb cannot take the app down.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import subprocess
@@ -55,7 +57,12 @@ def load_bytes(name: str, data: bytes, limits: ParseLimits = ParseLimits()) -> D
         raise UserError(f"{name}: the file is empty")
     if len(data) > limits.max_bytes:
         raise UserError(_too_big(name, len(data), limits.max_bytes))
-    pages = _pdf_pages(name, data, limits) if kind == "pdf" else _text_pages(name, data)
+    metadata = {"kind": kind, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    if kind == "pdf":
+        pages = _pdf_pages(name, data, limits)
+    else:
+        text, metadata["encoding"] = decode_text(name, data)
+        pages = text.replace("\r\n", "\n").split("\f")  # form feeds (pdftotext, printers) separate pages
     if not any(p.strip() for p in pages):
         if kind == "pdf":
             raise UserError(
@@ -63,29 +70,49 @@ def load_bytes(name: str, data: bytes, limits: ParseLimits = ParseLimits()) -> D
                 "it needs OCR first, which econlm does not do"
             )
         raise UserError(f"{name}: the file contains no text")
-    return Document(
-        source=name,
-        pages=pages,
-        metadata={"kind": kind, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)},
-    )
+    return Document(source=name, pages=pages, metadata=metadata)
 
 
 def _too_big(name: str, size: int, limit: int) -> str:
     return f"{name}: {size / MB:.1f} MB is over the upload limit of {limit / MB:.0f} MB (server.maxUploadSize)"
 
 
-def _text_pages(name: str, data: bytes) -> list[str]:
-    """UTF-8 text (a BOM is fine); form feeds, as written by pdftotext and printers, separate pages."""
+# Tried after UTF-8: the Windows code page most Western text files in other encodings use; a
+# superset of Latin-1's printable characters (WHATWG decodes "latin1" as it too). charset-normalizer
+# ranks it below look-alikes (mac_latin2, johab) on short French or German text, so it is asked
+# first whether cp1252 reads cleanly, and only then to guess among every encoding it knows.
+WESTERN_ENCODING = "cp1252"
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def decode_text(name: str, data: bytes) -> tuple[str, str]:
+    """The text and the encoding it was read in: a BOM's, else UTF-8, else what charset-normalizer detects.
+
+    Only bytes that read as text in no encoding (or hold NUL bytes, as binaries do) are refused.
+    """
+    from charset_normalizer import from_bytes
+
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
+    if encoding is None:
+        try:
+            data.decode("utf-8")
+            encoding = "utf-8"
+        except UnicodeDecodeError as exc:
+            match = from_bytes(data, cp_isolation=[WESTERN_ENCODING]).best() or from_bytes(data).best()
+            if match is None:
+                raise UserError(
+                    f"{name}: not text in any encoding econlm can detect (byte 0x{data[exc.start]:02x} at "
+                    f"position {exc.start} is not UTF-8, and no other encoding fits); is it a binary file?"
+                ) from None
+            encoding = match.encoding
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise UserError(
-            f"{name}: not UTF-8 text (byte 0x{data[exc.start]:02x} at position {exc.start}); "
-            "save it as UTF-8 and upload it again"
-        ) from None
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:  # a BOM followed by bytes that do not fit it
+        raise UserError(f"{name}: starts with a {encoding} byte-order mark but is not {encoding} text ({exc.reason})") from None
     if "\x00" in text:
         raise UserError(f"{name}: looks like a binary file, not text (contains NUL bytes)")
-    return text.replace("\r\n", "\n").split("\f")
+    return text, encoding
 
 
 def _pdf_pages(name: str, data: bytes, limits: ParseLimits) -> list[str]:

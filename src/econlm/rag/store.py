@@ -227,12 +227,16 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def source_entry(doc: Document, n_chunks: int) -> dict:
-    return {
+    """A document's row in the manifest; a text file's also names the encoding it was read in."""
+    entry = {
         "source": doc.source,
         "sha256": doc.metadata.get("sha256"),
         "pages": len(doc.pages),
         "chunks": n_chunks,
     }
+    if "encoding" in doc.metadata:
+        entry["encoding"] = doc.metadata["encoding"]
+    return entry
 
 
 @dataclass
