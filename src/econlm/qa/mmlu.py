@@ -17,13 +17,13 @@ Prompts are plain text (no chat template), identical for base and fine-tuned mod
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from econlm.errors import UserError
+from econlm.metrics import wilson_interval
 
 LETTERS = ("A", "B", "C", "D")
 N_SHOTS = 5
@@ -89,16 +89,6 @@ def cloze_prompt(shots: Sequence[MCQuestion], q: MCQuestion) -> str:
     """Header, shots answered with the option text, the question ending in "Answer:"."""
     worked = "".join(f"Question: {s.question}\nAnswer: {_text_answer(s)}\n\n" for s in shots)
     return _header(q.subject) + worked + f"Question: {q.question}\nAnswer:"
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion: the honest error bar on ~80 questions."""
-    if n == 0:
-        return 0.0, 0.0
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def evaluate_mmlu(backend, mmlu_dir: str | Path, shots: int = N_SHOTS) -> tuple[dict[str, Any], list[dict[str, Any]]]:
