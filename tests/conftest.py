@@ -71,3 +71,48 @@ def tiny_llama(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer():
+    """The real Qwen2.5 tokenizer (chat template included), from the packaged 0.5B model: its converted
+    folder when a run already made it (about 1 s), else read from its GGUF (seconds; converting the
+    model would take minutes)."""
+    from transformers import AutoTokenizer
+
+    from econlm.models import CONVERTED_MARKER, REGISTRY
+
+    entry = REGISTRY["qwen2.5-coder-0.5b-instruct"]
+    if (entry.converted_dir() / CONVERTED_MARKER).is_file():
+        return AutoTokenizer.from_pretrained(entry.converted_dir())
+    gguf = entry.gguf_path()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(qwen2_tokenizer, tmp_path_factory) -> Path:
+    """A 2-layer random Qwen2 (q/k/v biases, untied output head like the converted Qwen2.5-Coder-0.5B)
+    with the real Qwen2.5 tokenizer, saved as a plain HF folder. Its weights are large (std 0.2) and
+    rounded to float16 for the reason tests/gguf_models.py gives: its GGUF export is compared with it
+    logit for logit."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = qwen2_tokenizer
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, initializer_range=0.2,
+        rope_theta=1_000_000.0, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(".bias"):
+                param.normal_(0.0, 0.2)  # initialised to zero: the export of biases would go unchecked
+            param.copy_(param.half().float())
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder

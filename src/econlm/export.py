@@ -1,4 +1,4 @@
-"""Export a (fine-tuned) LLaMA-architecture model as one GGUF file for llama.cpp, Ollama, LM Studio.
+"""Export a (fine-tuned) LLaMA or Qwen2 model as one GGUF file for llama.cpp, Ollama, LM Studio.
 
 The model is a `econlm.models.ModelRef`: a merged HF folder, a LoRA adapter or run directory
 (merged on the fly), a packaged model name, or a hub id. The file carries the
@@ -8,11 +8,12 @@ renders and tokenizes prompts exactly as training did.
 Why not llama.cpp's `convert_hf_to_gguf.py`: no registry package ships it (llama-cpp-python's
 wheel contains only the library). The pieces it is built from do ship, in the `gguf` package
 that llama.cpp maintains: `GGUFWriter`, the HF -> GGUF tensor-name map and `SpecialVocab`; this
-module wires them together for the LLaMA architecture only, following convert_hf_to_gguf's
-`LlamaModel` (including its q/k permutation). Quantisation to q8_0 / q4_k_m is llama.cpp's own
-quantiser (`llama_model_quantize`, through llama-cpp-python): gguf-py has no K-quant quantiser,
-and llama.cpp's picks per-tensor types (Q4_K_M mixes Q4_K/Q6_K, with fallbacks for rows that are
-not a multiple of 256) exactly as `llama-quantize` does.
+module wires them together for two architectures, following convert_hf_to_gguf's `LlamaModel`
+(SmolLM2, Llama; its q/k permutation included) and `Qwen2Model` (Qwen2.5: q/k/v biases and no
+permutation, since llama.cpp's qwen2 applies RoPE in HF's rotate-half layout). Quantisation to
+q8_0 / q4_k_m is llama.cpp's own quantiser (`llama_model_quantize`, through llama-cpp-python):
+gguf-py has no K-quant quantiser, and llama.cpp's picks per-tensor types (Q4_K_M mixes Q4_K/Q6_K,
+with fallbacks for rows that are not a multiple of 256) exactly as `llama-quantize` does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,18 +107,34 @@ def quantize_gguf(src: str | Path, dest: str | Path, quant: str) -> None:
 # ---------------------------------------------------------------------------- f16 writer
 
 
-def _check_architecture(config) -> None:
-    """Only what this writer maps: plain LLaMA (SmolLM2, Llama-2/3-style without rope scaling)."""
-    if config.model_type != "llama":
+@dataclass(frozen=True)
+class _Architecture:
+    """What differs between the architectures this writer maps."""
+
+    gguf_arch: str  # member of gguf.MODEL_ARCH
+    permute_qk: bool  # HF's rotate-half q/k rows -> llama.cpp's adjacent pairs (LLaMA only)
+
+
+ARCHITECTURES = {"llama": _Architecture("LLAMA", permute_qk=True), "qwen2": _Architecture("QWEN2", permute_qk=False)}
+
+
+def _check_architecture(config) -> _Architecture:
+    """Only what this writer maps: plain LLaMA (SmolLM2, Llama-2/3-style) and Qwen2 (Qwen2.5), no rope
+    scaling; anything else would load in llama.cpp and compute something else."""
+    arch = ARCHITECTURES.get(config.model_type)
+    if arch is None:
         raise UserError(
-            f"GGUF export supports LLaMA-architecture models only, not {config.model_type!r}; "
+            f"GGUF export supports {' and '.join(ARCHITECTURES)} models only, not {config.model_type!r}; "
             "llama.cpp's convert_hf_to_gguf.py covers the others"
         )
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
+    if config.model_type == "llama" and (getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False)):
         raise UserError("GGUF export does not support LLaMA variants with attention or MLP biases")
+    if getattr(config, "use_sliding_window", False):
+        raise UserError("GGUF export does not support sliding-window attention (llama.cpp's qwen2 attends to the whole context)")
     rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
         raise UserError(f"GGUF export does not support rope scaling ({rope.get('rope_type')!r})")
+    return arch
 
 
 def _rope_theta(config) -> float:
@@ -135,12 +153,13 @@ def _write_f16(model, tokenizer, path: Path, name: str, description: str, progre
     import numpy as np
 
     config = model.config
-    _check_architecture(config)
+    architecture = _check_architecture(config)
+    arch = gguf.MODEL_ARCH[architecture.gguf_arch]
     n_layers, n_head = config.num_hidden_layers, config.num_attention_heads
     n_head_kv = getattr(config, "num_key_value_heads", None) or n_head
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
 
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_description(description)
@@ -159,7 +178,7 @@ def _write_f16(model, tokenizer, path: Path, name: str, description: str, progre
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
     _add_tokenizer(writer, tokenizer, config.vocab_size)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    names = gguf.get_tensor_name_map(arch, n_layers)
     state = model.state_dict()
     tied = bool(getattr(config, "tie_word_embeddings", False))
     for hf_name, tensor in state.items():
@@ -169,11 +188,11 @@ def _write_f16(model, tokenizer, path: Path, name: str, description: str, progre
         if gguf_name is None:
             raise UserError(f"GGUF export: no llama.cpp name for tensor {hf_name!r}")
         data = tensor.detach().float().cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
+        if architecture.permute_qk and hf_name.endswith("q_proj.weight"):
             data = _permute_for_llama_cpp(data, n_head)
-        elif hf_name.endswith("k_proj.weight"):
+        elif architecture.permute_qk and hf_name.endswith("k_proj.weight"):
             data = _permute_for_llama_cpp(data, n_head_kv)
-        # llama.cpp keeps 1-D tensors (norms) in f32; matrices go to f16.
+        # llama.cpp keeps 1-D tensors (norms, biases) in f32; matrices go to f16.
         writer.add_tensor(gguf_name, data.astype(np.float16 if data.ndim > 1 else np.float32))
 
     writer.write_header_to_file()
@@ -182,22 +201,35 @@ def _write_f16(model, tokenizer, path: Path, name: str, description: str, progre
     writer.close()
 
 
+# Split regexes llama.cpp implements under a pre-tokenizer name (llama-vocab.cpp), spelled as
+# tokenizer.json spells them.
+_SPLIT_PRE_TOKENIZERS = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+}
+
+
 def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     """llama.cpp's name for the pre-tokenizer (its regex split before BPE), read from the
     tokenizer's structure; convert_hf_to_gguf instead hashes sample tokenizations, which needs its
     table of known tokenizers."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
 
-    def is_byte_level(p: dict) -> bool:
-        return p.get("type") == "ByteLevel" and p.get("use_regex", True) and not p.get("add_prefix_space", False)
+    def is_byte_level(p: dict, use_regex: bool = True) -> bool:
+        return p.get("type") == "ByteLevel" and p.get("use_regex", True) == use_regex and not p.get("add_prefix_space", False)
 
     if is_byte_level(pre):
         return "gpt-2"
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else []
     if len(steps) == 2 and steps[0] == {"type": "Digits", "individual_digits": True} and is_byte_level(steps[1]):
         return "smollm"  # SmolLM/SmolLM2: single digits, then the GPT-2 split
+    if len(steps) == 2 and is_byte_level(steps[1], use_regex=False):
+        split = steps[0]  # Qwen2: its own regex split, then bytes to symbols without GPT-2's split
+        isolated = split.get("type") == "Split" and split.get("behavior") == "Isolated" and not split.get("invert")
+        name = _SPLIT_PRE_TOKENIZERS.get((split.get("pattern") or {}).get("Regex")) if isolated else None
+        if name:
+            return name
     raise UserError(
-        f"GGUF export supports GPT-2-style byte-level BPE tokenizers only (pre-tokenizer {json.dumps(pre)[:120]}); "
+        f"GGUF export knows the GPT-2, SmolLM and Qwen2 pre-tokenizers only, not {json.dumps(pre)[:120]}; "
         "llama.cpp's convert_hf_to_gguf.py covers the others"
     )
 

@@ -25,7 +25,7 @@ def gguf(model, quant: str, out: Path) -> None:
     """Write MODEL as one GGUF file with its tokenizer and chat template.
 
     MODEL: a merged model folder, a LoRA adapter or run directory (merged on the fly), a packaged
-    model name, or a hub id (LLaMA architecture). Reads the model; writes OUT (atomically).
+    model name, or a hub id (LLaMA or Qwen2 architecture). Reads the model; writes OUT (atomically).
     Run it with `econlm serve --model llamacpp:OUT`, llama.cpp or Ollama (docs/serving.md).
     """
     from econlm.export import export_gguf
