@@ -91,7 +91,8 @@ def test_unknown_references_are_user_errors(ref):
 
 
 def test_unknown_names_list_the_known_ones():
-    with pytest.raises(UserError, match="unknown model 'gpt4': use one of smollm2-135m-instruct, gemma3-270m, econlm"):
+    with pytest.raises(UserError, match="unknown model 'gpt4': use one of smollm2-135m-instruct, gemma3-270m, "
+                                        "qwen2.5-coder-0.5b-instruct, qwen2.5-coder-1.5b-instruct, econlm"):
         ModelRef.parse("gpt4")
 
 
