@@ -1,9 +1,10 @@
 """Crash-safe checkpoints: RUN_DIR/checkpoints/step-N/, built in a temp dir and renamed into place.
 
 A checkpoint holds only what training changes: the LoRA weights (peft adapter safetensors), the
-optimizer and LR-scheduler state, the RNG states (LoRA dropout) and a small JSON trainer state
-(step, best validation loss, time and tokens so far). The frozen base model is not copied, so a
-checkpoint of a 135M-parameter model with r=16 LoRA is a few tens of MB instead of ~0.5 GB.
+optimizer and LR-scheduler state, the RNG states (LoRA dropout) of every process and a small JSON
+trainer state (step, best validation loss, time and tokens so far). The frozen base model is not
+copied, so a checkpoint of a 135M-parameter model with r=16 LoRA is a few tens of MB instead of
+~0.5 GB.
 
 Because the directory only gets its final name (`os.replace`) once everything inside is written,
 a kill at any moment leaves either a complete `step-N` or a `.step-N.*.tmp` leftover that is
@@ -76,8 +77,28 @@ def remove_partial_saves(run_dir: Path) -> list[Path]:
     return leftovers
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainState, keep: int) -> Path:
-    """Write checkpoints/step-N (N = state.step) atomically, then keep only the newest `keep`."""
+def rng_state() -> dict:
+    """This process's RNG states: its CPU generator and, where there is CUDA, every device's."""
+    import torch
+
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return rng
+
+
+def _rng_key(name: str, rank: int) -> str:
+    """Process 0 keeps the plain names that single-process checkpoints have always used."""
+    return name if rank == 0 else f"{name}-rank{rank}"
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, rng_per_process: list[dict], state: TrainState,
+                    keep: int) -> Path:
+    """Write checkpoints/step-N (N = state.step) atomically, then keep only the newest `keep`.
+
+    `rng_per_process` holds `rng_state()` of every process, by rank: with several processes each
+    draws other dropout masks, so each must get its own generator back for resume to be exact.
+    """
     import torch
     from safetensors.torch import save_file
 
@@ -87,9 +108,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainStat
         if os.environ.get(PAUSE_ENV):
             time.sleep(float(os.environ[PAUSE_ENV]))
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+        rng = {_rng_key(name, rank): tensor
+               for rank, states in enumerate(rng_per_process) for name, tensor in states.items()}
         save_file(rng, str(tmp / "rng.safetensors"))
         atomic_write_json(tmp / STATE_FILE, dataclasses.asdict(state))
         for path in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
@@ -100,8 +120,9 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: TrainStat
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
-    """Restore LoRA weights, optimizer, scheduler and RNG from a checkpoint; returns its trainer state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> TrainState:
+    """Restore LoRA weights, optimizer, scheduler and process `rank`'s RNG from a checkpoint;
+    returns its trainer state."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -117,7 +138,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> TrainState:
     optimizer.load_state_dict(states["optimizer"])
     scheduler.load_state_dict(states["scheduler"])
     rng = load_file(str(path / "rng.safetensors"))
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(rng["cuda"]))
+    if _rng_key("cpu", rank) not in rng:
+        raise UserError(f"{path}: has no RNG state for process {rank}; resume with the launch the run started with")
+    torch.set_rng_state(rng[_rng_key("cpu", rank)])
+    if _rng_key("cuda", rank) in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(rng[_rng_key("cuda", rank)]))
     return state

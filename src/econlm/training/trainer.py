@@ -49,6 +49,7 @@ from econlm.training.checkpoint import (
     checkpoint_dirs,
     load_checkpoint,
     remove_partial_saves,
+    rng_state,
     save_checkpoint,
 )
 from econlm.training.data import Encoded, Schedule, answer_loss_sum, collate, encode_all, micro_batches
@@ -220,24 +221,30 @@ def build_optimizer(config: TrainConfig, model, total_steps: int):
 # --------------------------------------------------------------------------- evaluation
 
 
-def validation_loss(model, sets: dict[str, list[Encoded]], token_budget: int, pad_id: int, amp_dtype, device) -> dict[str, float]:
-    """Mean cross-entropy per answer token, per task (padded batches; independent of `batching`)."""
+def validation_loss(model, sets: dict[str, list[Encoded]], token_budget: int, pad_id: int, amp_dtype, device,
+                    accelerator=None) -> dict[str, float]:
+    """Mean cross-entropy per answer token, per task (padded batches; independent of `batching`).
+
+    Given the `accelerator` of several processes, each scores its share of every set and the sums
+    are added up, so the processes split the work instead of each repeating all of it.
+    """
     import torch
 
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     was_training = model.training
     model.eval()
-    losses = {}
+    sums = torch.zeros((len(sets), 2), dtype=torch.float64, device=device)  # per task: loss sum, answer tokens
     with torch.no_grad():
-        for task, items in sets.items():
-            total, count = 0.0, 0
-            for batch in micro_batches(items, token_budget, packed=False):
+        for row, items in enumerate(sets.values()):
+            for batch in micro_batches(items, token_budget, packed=False, rank=rank, world_size=world):
                 tensors = {k: v.to(device) for k, v in collate(batch, False, pad_id).items()}
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    total += answer_loss_sum(model, tensors).item()
-                count += sum(e.n_labels for e in batch)
-            losses[task] = total / count
+                    sums[row, 0] += answer_loss_sum(model, tensors).double()
+                sums[row, 1] += sum(e.n_labels for e in batch)
+    if world > 1:
+        sums = accelerator.reduce(sums, "sum")
     model.train(was_training)
-    return losses
+    return {task: (sums[row, 0] / sums[row, 1]).item() for row, task in enumerate(sets)}
 
 
 # --------------------------------------------------------------------------- the run
@@ -251,7 +258,7 @@ class StepStats:
     lr: float
     grad_norm: float
     tokens: int
-    padded_tokens: int  # this process's share (micro-batches are sorted longest first)
+    padded_tokens: int  # all processes together (micro-batches are sorted longest first)
     seconds: float
     cpu_seconds: float
 
@@ -305,16 +312,25 @@ class Run:
     # ----------------------------------------------------------------------- set-up
 
     def _setup_processes(self) -> None:
-        """The accelerator (one process, or DDP under `accelerate launch`) and the autocast precision."""
+        """The accelerator (one process, or DDP under `accelerate launch`) and the autocast precision.
+
+        Without a GPU (or other accelerator) the processes run DDP on the CPU over gloo: accelerate
+        only does so when asked (`cpu=True`), and would otherwise start unconnected single processes.
+        """
+        import torch
         from accelerate import Accelerator
 
         check_environment(self.config)
-        self.accelerator = Accelerator()
+        self.accelerator = Accelerator(cpu=not torch.accelerator.is_available())
         self.is_main = self.accelerator.is_main_process
         if self.config.train.batch_size < self.accelerator.num_processes:
             raise UserError(f"train.batch_size ({self.config.train.batch_size}) must be at least the number of "
                             f"processes ({self.accelerator.num_processes})")
         self.amp_dtype = autocast_dtype(self.config, self.accelerator.device.type)
+        if not self.resuming and (self.run_dir / RUN_FILE).exists():
+            raise UserError(f"{self.run_dir}: already holds a run; continue it with "
+                            f"`econlm train --resume {self.run_dir}` or choose another --out")
+        self.accelerator.wait_for_everyone()  # every process has checked before process 0 writes the run file
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
     def _setup_data(self) -> None:
@@ -365,7 +381,8 @@ class Run:
         """Continue from the latest complete checkpoint: weights, optimizer, scheduler, RNG and state."""
         if self.resuming and (found := checkpoint_dirs(self.run_dir)):
             step, path = found[-1]
-            self.state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler)
+            self.state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler,
+                                         self.accelerator.process_index)
             if self.is_main:
                 print(f"resuming from {path} (step {step} of {self.schedule.total_steps})", file=sys.stderr)
         if self.is_main:
@@ -414,8 +431,8 @@ class Run:
         n_labels = sum(e.n_labels for e in step_items)
         step_tokens = sum(len(e.input_ids) for e in step_items)
         batches = micro_batches(step_items, settings.micro_batch_tokens, packed, accelerator.process_index, world)
-        padded_tokens = sum(len(b) * len(b[0].input_ids) if not packed else sum(len(e.input_ids) for e in b)
-                            for b in batches)
+        own_padded_tokens = sum(len(b) * len(b[0].input_ids) if not packed else sum(len(e.input_ids) for e in b)
+                                for b in batches)
         loss_sum = torch.zeros((), device=device)
         for i, batch in enumerate(batches):
             tensors = {k: v.to(device) for k, v in collate(batch, packed, self.tokenizer.pad_token_id).items()}
@@ -433,21 +450,23 @@ class Run:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        step_loss = accelerator.reduce(loss_sum, "sum").item() / n_labels
+        own_sums = torch.stack([loss_sum.double(),
+                                torch.tensor(own_padded_tokens, dtype=torch.float64, device=device)])
+        step_loss_sum, padded_tokens = accelerator.reduce(own_sums, "sum").tolist()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         state = self.state
         state.step = step + 1
         state.train_seconds += seconds
         state.train_cpu_seconds += cpu_seconds
         state.train_tokens += step_tokens
-        return StepStats(loss=step_loss, lr=lr, grad_norm=float(grad_norm), tokens=step_tokens,
-                         padded_tokens=padded_tokens, seconds=seconds, cpu_seconds=cpu_seconds)
+        return StepStats(loss=step_loss_sum / n_labels, lr=lr, grad_norm=float(grad_norm), tokens=step_tokens,
+                         padded_tokens=int(padded_tokens), seconds=seconds, cpu_seconds=cpu_seconds)
 
     def _evaluate(self) -> float:
         """Validation loss per task; the best adapter so far is kept at the run directory's top level.
         Returns the mean over tasks."""
         val = validation_loss(self.unwrapped, self.val_encoded, self.config.train.micro_batch_tokens,
-                              self.tokenizer.pad_token_id, self.amp_dtype, self.accelerator.device)
+                              self.tokenizer.pad_token_id, self.amp_dtype, self.accelerator.device, self.accelerator)
         mean = sum(val.values()) / len(val)
         state = self.state
         improved = state.best_val_loss is None or mean < state.best_val_loss
@@ -461,9 +480,14 @@ class Run:
         return mean
 
     def _save_checkpoint(self, finished: bool) -> None:
+        """Process 0 writes the checkpoint (the weights and optimizer are the same in every process),
+        with every process's RNG state; the others wait until it is on disk."""
+        from accelerate.utils import gather_object
+
         self.state.finished = finished
+        rng_per_process = gather_object([rng_state()])
         if self.is_main:
-            save_checkpoint(self.run_dir, self.unwrapped, self.optimizer, self.scheduler, self.state,
+            save_checkpoint(self.run_dir, self.unwrapped, self.optimizer, self.scheduler, rng_per_process, self.state,
                             self.config.train.keep_checkpoints)
         self.accelerator.wait_for_everyone()
 
@@ -537,10 +561,7 @@ class Run:
 
 def train(config: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
     """Train a new run into `run_dir` (which must not hold a run yet)."""
-    run_dir = Path(run_dir)
-    if (run_dir / RUN_FILE).exists():
-        raise UserError(f"{run_dir}: already holds a run; continue it with `econlm train --resume {run_dir}` or choose another --out")
-    return Run(config, run_dir, resuming=False, progress=progress).fit()
+    return Run(config, Path(run_dir), resuming=False, progress=progress).fit()
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> Path:
