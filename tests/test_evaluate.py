@@ -72,7 +72,7 @@ def test_one_shot_prompting_uses_a_train_example(tiny_llama, small_corpus, tmp_p
 
 
 def test_one_shot_prompt_shows_the_worked_example_then_the_query():
-    prompt = evaluate.ONE_SHOT_TITLE.render("Prices rise.", "On Inflation", "Wages fall.")
+    prompt = evaluate.ONE_SHOT_TITLE.render([("Prices rise.", "On Inflation")], "Wages fall.")
     assert prompt.endswith("Abstract: Wages fall.\nTitle:")
     assert "Abstract: Prices rise.\nTitle: On Inflation\n\n" in prompt
 
@@ -151,3 +151,57 @@ def test_cli_eval_writes_the_files(tiny_llama, small_corpus, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "accuracy=" in result.stdout
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"predictions.jsonl", "metrics.json", "confusion_matrix.png"}
+
+
+def _train_ids(corpus) -> dict[str, dict]:
+    return {row["arxiv_id"]: row for row in map(json.loads, (corpus / "train.jsonl").read_text().splitlines())}
+
+
+def test_few_shot_titles_are_earlier_chat_turns_of_the_training_template(small_corpus, tmp_path):
+    from tests.fakes import FakeBackend
+
+    backend = FakeBackend()
+    evaluate.evaluate(backend, "title", small_corpus, tmp_path / "few", limit=2, prompting="few-shot")
+    provenance = json.loads((tmp_path / "few" / "metrics.json").read_text())["provenance"]
+    assert provenance["prompting"] == "few-shot" and provenance["prompt_template"] == TITLE.id
+    shots = provenance["few_shot_examples"]
+    train = _train_ids(small_corpus)
+    assert len(shots) == 5 == len(set(shots)) and set(shots) <= set(train)
+    conversation = backend.conversations[0]
+    assert [m["role"] for m in conversation] == ["system"] + ["user", "assistant"] * 5 + ["user"]
+    assert [m["content"] for m in conversation[2:-1:2]] == [train[i]["title"] for i in shots]
+    assert conversation[-1]["content"] == TITLE.user.format(abstract=backend.conversations[0][-1]["content"].split("Abstract: ", 1)[1])
+
+
+def test_few_shot_classification_shows_one_paper_per_category(small_corpus, tmp_path):
+    from tests.fakes import FakeBackend
+
+    evaluate.evaluate(FakeBackend(), "classify", small_corpus, tmp_path / "few", limit=2, prompting="few-shot")
+    shots = json.loads((tmp_path / "few" / "metrics.json").read_text())["provenance"]["few_shot_examples"]
+    train = _train_ids(small_corpus)
+    assert sorted(train[i]["primary_category"] for i in shots) == ["econ.EM", "econ.GN", "econ.TH"]
+
+
+def test_few_shot_without_a_chat_template_uses_the_completion_prompt(small_corpus, tmp_path):
+    from tests.fakes import FakeBackend
+
+    class BaseModelFake(FakeBackend):
+        has_chat_template = False
+
+        def complete(self, prompts, decoding=evaluate.Decoding(), stop=()):
+            self.prompts = list(prompts)
+            return super().complete(prompts, decoding, stop)
+
+    backend = BaseModelFake()
+    evaluate.evaluate(backend, "title", small_corpus, tmp_path / "few", limit=1, prompting="few-shot", shots=2)
+    provenance = json.loads((tmp_path / "few" / "metrics.json").read_text())["provenance"]
+    assert provenance["prompt_template"] == evaluate.ONE_SHOT_TITLE.id and len(provenance["few_shot_examples"]) == 2
+    assert backend.prompts[0].count("\nTitle:") == 3  # two worked examples, then the query
+
+
+def test_shots_need_few_shot_prompting(small_corpus, tmp_path):
+    from tests.fakes import FakeBackend
+
+    with pytest.raises(UserError, match="--shots"):
+        evaluate.evaluate(FakeBackend(), "title", small_corpus, tmp_path / "x", limit=1, prompting="zero-shot", shots=5)
+    assert not (tmp_path / "x").exists()

@@ -198,3 +198,14 @@ def test_model_identity_reads_both_provenance_formats():
     assert packaged.content_hash == packaged.base_hash == "a" * 64 and packaged.adapter_hash is None
     for gguf in (report.ModelIdentity.of(new_gguf), report.ModelIdentity.of(old_gguf)):
         assert (gguf.engine, gguf.file_sha256, gguf.exported_from, gguf.content_hash) == ("llamacpp", "d" * 64, "b" * 64, None)
+
+
+def test_few_shot_rows_sit_with_the_published_five_shot_baselines(run_dirs):
+    root, _, _ = run_dirs
+    few = root / "few-title"
+    provenance = {**model_provenance("packaged", "few-shot"), "few_shot_examples": ["1", "2", "3", "4", "5"]}
+    atomic_write_json(few / "metrics.json", title_report(["Markets", "Wages"], REFERENCES, provenance).model_dump(mode="json"))
+    text = report.write_report([root / "tuned-title", root / "base-title", few], root / "report").read_text()
+    t1 = text.split("## Table 1")[1].split("## Table 2")[0]
+    assert (t1.index("GPT-Neo-2.7B (5-shot) | study") < t1.index("smollm2-135m-instruct (5-shot) | ours")
+            < t1.index("(base, zero-shot) | ours"))

@@ -4,12 +4,17 @@ Writes OUT/predictions.jsonl (id, input, reference, prediction, plus per-task de
 OUT/metrics.json (a `MetricReport` with full provenance) and, for classification,
 OUT/confusion_matrix.png.
 
-Two ways of prompting, chosen by `prompting`:
+Three ways of prompting, chosen by `prompting`:
 - "zero-shot": the model's chat template with the training prompt templates of
-  `econlm.data.templates` (the fine-tuned adapter, and the base model zero-shot: the study's
-  "LLaMA-2 (base)" row).
+  `econlm.data.templates` (the fine-tuned adapter, and the base model zero-shot: the conference
+  abstract's "LLaMA-2 (base)" row).
 - "one-shot": a plain-text completion prompt with one worked example from the train split, for
-  base models without a chat template (Gemma-3-270M here; the study's GPT-Neo and OPT rows).
+  base models without a chat template (Gemma-3-270M here; the conference abstract's GPT-Neo and
+  OPT rows).
+- "few-shot": the published paper's baseline protocol: worked examples from the train split
+  before the query (5 for titles; one per category for classification, as its GPT few-shot rows),
+  as earlier chat turns of the training template where the model has a chat template, else in the
+  completion prompt.
 
 Titles are generated in batches and cut at the first line. Classification never parses free
 text for its score: it compares the log-likelihood of the three answers (constrained scoring);
@@ -39,7 +44,8 @@ from econlm.models import ModelRef
 from econlm.types import CATEGORIES, SPLITS, LMClassifyPrediction, MetricReport, Paper, TitlePrediction
 
 EVAL_TASKS = ("title", "classify")
-PROMPTINGS = ("auto", "zero-shot", "one-shot")
+PROMPTINGS = ("auto", "zero-shot", "one-shot", "few-shot")
+FEW_SHOTS = {"title": 5, "classify": 3}  # the published paper's 5-shot titles; one example per category
 LABELS = list(CATEGORIES)  # econ.EM, econ.GN, econ.TH: the row/column order of every confusion matrix
 ANSWERS = [LABEL_TO_ANSWER[label] for label in LABELS]
 TITLE_DECODING = Decoding(max_new_tokens=40)  # test titles are at most 34 tokens (SmolLM2 and Gemma tokenizers)
@@ -67,14 +73,39 @@ def load_split(corpus_dir: str | Path, split: str, limit: int | None = None, see
     return papers
 
 
-ONE_SHOT_MAX_WORDS = 100  # a short worked example keeps one-shot prompts (and CPU time) small
+ONE_SHOT_MAX_WORDS = 100  # short worked examples keep one- and few-shot prompts (and CPU time) small
+
+
+def _short(papers: list[Paper], at_least: int) -> list[Paper]:
+    """The papers with short abstracts, or all of them where fewer than `at_least` are short."""
+    short = [p for p in papers if len(p.abstract.split()) <= ONE_SHOT_MAX_WORDS]
+    return short if len(short) >= at_least else papers
 
 
 def one_shot_example(corpus_dir: str | Path, seed: int) -> Paper:
     """The worked example of one-shot prompts: a seeded choice among the short train abstracts."""
     train = load_papers(split_files(corpus_dir)["train"]).papers
-    short = [p for p in train if len(p.abstract.split()) <= ONE_SHOT_MAX_WORDS] or train
-    return random.Random(f"one-shot-{seed}").choice(short)
+    return random.Random(f"one-shot-{seed}").choice(_short(train, 1))
+
+
+def few_shot_examples(corpus_dir: str | Path, task: str, shots: int, seed: int) -> list[Paper]:
+    """Seeded worked examples among the short train abstracts; for classification drawn round-robin
+    over the categories, so three shots are one per category."""
+    rng = random.Random(f"few-shot-{task}-{seed}")
+    train = load_papers(split_files(corpus_dir)["train"]).papers
+    if task == "title":
+        pool = _short(train, shots)
+        return rng.sample(pool, min(shots, len(pool)))
+    per_label = -(-shots // len(LABELS))
+    pools = {label: _short([p for p in train if p.primary_category == label], per_label) for label in LABELS}
+    pools = {label: rng.sample(pool, min(per_label, len(pool))) for label, pool in pools.items()}
+    picked = [pools[LABELS[i % len(LABELS)]][i // len(LABELS)] for i in range(shots)
+              if i // len(LABELS) < len(pools[LABELS[i % len(LABELS)]])]
+    return rng.sample(picked, len(picked))  # no fixed label order before the query
+
+
+def _answer(task: str, paper: Paper) -> str:
+    return paper.title if task == "title" else LABEL_TO_ANSWER[paper.primary_category]
 
 
 def first_line(text: str) -> str:
@@ -89,11 +120,12 @@ def parse_category(text: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def training_record(model: ModelRef) -> dict[str, Any] | None:
-    """What an `econlm train` run dir says about itself (templates, data hashes), for adapters that have it."""
-    record = model.path / "econlm_run.json"
-    if model.kind != "adapter" or not record.is_file():
+def training_record(model: ModelRef | None) -> dict[str, Any] | None:
+    """What an `econlm train` run dir says about itself (templates, data hashes), for adapters that
+    have it; None for other models and for remote endpoints (no local model)."""
+    if model is None or model.kind != "adapter" or not (model.path / "econlm_run.json").is_file():
         return None
+    record = model.path / "econlm_run.json"
     run = json.loads(record.read_text(encoding="utf-8"))
     return {key: run.get(key) for key in ("created", "templates", "seed", "base_model_hash", "chat_template_sha256")} | {
         "corpus_sha256": run.get("data", {}).get("corpus_sha256")}
@@ -129,13 +161,22 @@ def evaluate(
     prompting: str = "auto",
     decoding: Decoding = TITLE_DECODING,
     seed: int = 0,
+    shots: int | None = None,
 ) -> MetricReport:
     """Run one loaded model (`load_backend`) on one task and split; write predictions, metrics and
-    plots to `out_dir`. The backend is the caller's, so one load serves both tasks."""
+    plots to `out_dir`. The backend is the caller's, so one load serves both tasks. `shots` sets
+    the number of few-shot examples (default FEW_SHOTS[task])."""
     check_task(task)
     papers = load_split(corpus_dir, split, limit, seed)
     mode = resolve_prompting(prompting, backend)
-    shot = one_shot_example(corpus_dir, seed) if mode == "one-shot" else None
+    if shots is not None and (mode != "few-shot" or shots < 1):
+        raise UserError("--shots takes a positive number, with --prompting few-shot")
+    if mode == "one-shot":
+        examples = [one_shot_example(corpus_dir, seed)]
+    elif mode == "few-shot":
+        examples = few_shot_examples(corpus_dir, task, shots or FEW_SHOTS[task], seed)
+    else:
+        examples = []
     training = training_record(backend.model_ref)
     expected = (TITLE if task == "title" else CLASSIFY).id
     trained_with = training.get("templates", {}).get(task) if training else None
@@ -145,11 +186,11 @@ def evaluate(
 
     started = time.perf_counter()
     if task == "title":
-        predictions, template_id = _titles(backend, papers, mode, shot, decoding)
+        predictions, template_id = _titles(backend, papers, mode, examples, decoding)
         references = [p.reference for p in predictions]
         report = title_report([p.prediction for p in predictions], references)
     else:
-        predictions, template_id = _classify(backend, papers, mode, shot)
+        predictions, template_id = _classify(backend, papers, mode, examples)
         report = classification_report(
             [p.label for p in predictions], [p.predicted_label for p in predictions], LABELS
         )
@@ -168,7 +209,8 @@ def evaluate(
         limit=limit,
         prompting=mode,
         prompt_template=template_id,
-        one_shot_example=shot.arxiv_id if shot else None,
+        one_shot_example=examples[0].arxiv_id if mode == "one-shot" else None,
+        few_shot_examples=[p.arxiv_id for p in examples] if mode == "few-shot" else None,
         training_run=training,
         decoding=dataclasses.asdict(decoding) if task == "title" else None,
         free_generation_decoding=dataclasses.asdict(FREE_GENERATION_DECODING) if task == "classify" else None,
@@ -188,13 +230,24 @@ def evaluate(
     return report
 
 
-def _titles(backend, papers: list[Paper], mode: str, shot: Paper | None, decoding: Decoding):
-    if mode == "zero-shot":
-        conversations = [[m.model_dump() for m in TITLE.prompt(abstract=p.abstract)] for p in papers]
-        outputs = backend.chat(conversations, decoding)
+def _chat_prompts(template, task: str, papers: list[Paper], examples: list[Paper]) -> list[list[dict]]:
+    """The training chat template, with any worked examples as earlier (user, assistant) turns."""
+    shown = dataclasses.replace(template, examples=tuple((template.user.format(abstract=e.abstract), _answer(task, e))
+                                                         for e in examples))
+    return [[m.model_dump() for m in shown.prompt(abstract=p.abstract)] for p in papers]
+
+
+def _uses_chat(backend, mode: str) -> bool:
+    return mode == "zero-shot" or (mode == "few-shot" and backend.has_chat_template)
+
+
+def _titles(backend, papers: list[Paper], mode: str, examples: list[Paper], decoding: Decoding):
+    if _uses_chat(backend, mode):
+        outputs = backend.chat(_chat_prompts(TITLE, "title", papers, examples), decoding)
         template_id = TITLE.id
     else:
-        prompts = [ONE_SHOT_TITLE.render(shot.abstract, shot.title, p.abstract) for p in papers]
+        worked = [(e.abstract, e.title) for e in examples]
+        prompts = [ONE_SHOT_TITLE.render(worked, p.abstract) for p in papers]
         outputs = backend.complete(prompts, decoding, stop=["\n"])
         template_id = ONE_SHOT_TITLE.id
     predictions = [
@@ -205,15 +258,15 @@ def _titles(backend, papers: list[Paper], mode: str, shot: Paper | None, decodin
     return predictions, template_id
 
 
-def _classify(backend, papers: list[Paper], mode: str, shot: Paper | None):
-    if mode == "zero-shot":
-        conversations = [[m.model_dump() for m in CLASSIFY.prompt(abstract=p.abstract)] for p in papers]
+def _classify(backend, papers: list[Paper], mode: str, examples: list[Paper]):
+    if _uses_chat(backend, mode):
+        conversations = _chat_prompts(CLASSIFY, "classify", papers, examples)
         scores = backend.score_options(conversations, ANSWERS)
         free = backend.chat(conversations, FREE_GENERATION_DECODING)
         template_id = CLASSIFY.id
     else:
-        shot_answer = LABEL_TO_ANSWER[shot.primary_category]
-        prompts = [ONE_SHOT_CLASSIFY.render(shot.abstract, shot_answer, p.abstract) for p in papers]
+        worked = [(e.abstract, LABEL_TO_ANSWER[e.primary_category]) for e in examples]
+        prompts = [ONE_SHOT_CLASSIFY.render(worked, p.abstract) for p in papers]
         scores = backend.score_text_options(prompts, [f" {answer}" for answer in ANSWERS])
         free = backend.complete(prompts, FREE_GENERATION_DECODING, stop=["\n"])
         template_id = ONE_SHOT_CLASSIFY.id

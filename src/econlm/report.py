@@ -165,6 +165,10 @@ def _describe(run: Run) -> None:
     elif prov.get("prompting") == "one-shot":
         run.role = "one-shot"
         run.label = f"{base_name} (one-shot)"
+    elif prov.get("prompting") == "few-shot":
+        run.role = "few-shot"
+        run.label = f"{base_name} ({len(prov['few_shot_examples'])}-shot)"
+        run.study_row = None if run.task == "title" else "GPT-4 (few-shot)"
     else:
         run.role = "base"
         run.label = f"{base_name} (base, zero-shot)"
@@ -227,8 +231,8 @@ CLASSIFY_HEADER = ["| Model | Source | Accuracy | Accuracy 95% CI | Precision (w
 
 
 def table1(runs: list[Run]) -> tuple[str, list[dict]]:
-    """Title generation: the published rows with ours beside the fine-tuned one, then our rows of
-    protocols the published paper did not run (zero-shot, one-shot)."""
+    """Title generation: the published rows with ours beside the fine-tuned one and the 5-shot ones,
+    then our rows of protocols the published paper did not run (zero-shot, one-shot)."""
     ours = [r for r in runs if r.task == "title"]
     lines, rows = list(TITLE_HEADER), []
 
@@ -247,7 +251,7 @@ def table1(runs: list[Run]) -> tuple[str, list[dict]]:
     for r in tuned:
         add_ours(r)
     _study_rows("title", PUBLISHED, lines, rows, few_shot)
-    for role in ("base", "one-shot"):
+    for role in ("few-shot", "base", "one-shot"):
         for r in ours:
             if r.role == role:
                 add_ours(r)

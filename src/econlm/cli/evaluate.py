@@ -23,18 +23,21 @@ from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve
 @click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of N papers.")
 @click.option("--prompting", default="auto", show_default=True,
               help="zero-shot (chat template + training prompt), one-shot (completion prompt with one train "
-                   "example), or auto (zero-shot if the model has a chat template).")
+                   "example), few-shot (the published paper's baselines: 5 train examples for titles, one per "
+                   "category for classification, before the query), or auto (zero-shot if the model has a chat template).")
+@click.option("--shots", type=int, default=None, help="With --prompting few-shot: how many train examples [5 titles, 3 classify].")
 @click.option("--batch-size", default=16, show_default=True, help="Examples per forward pass.")
 @click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16 (Gemma needs float32).")
 @click.option("--max-new-tokens", default=40, show_default=True, help="Title generation length limit.")
 @click.option("--temperature", default=0.0, show_default=True, help="0 = greedy decoding.")
 @click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (with --temperature > 0).")
-@click.option("--seed", default=0, show_default=True, help="Seed for sampling, --limit subsets and the one-shot example.")
+@click.option("--seed", default=0, show_default=True, help="Seed for sampling, --limit subsets and the shot examples.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
-def eval_(corpus, spec, backend_kind, task, split, limit, prompting, batch_size, dtype, max_new_tokens, temperature, top_p, seed, out):
+def eval_(corpus, spec, backend_kind, task, split, limit, prompting, shots, batch_size, dtype, max_new_tokens, temperature,
+          top_p, seed, out):
     """Evaluate a model on title generation or classification.
 
-    Reads CORPUS/<split>.jsonl (and train.jsonl for one-shot prompts) and the model; writes
+    Reads CORPUS/<split>.jsonl (and train.jsonl for one- and few-shot prompts) and the model; writes
     OUT/predictions.jsonl (id, input, reference, prediction), OUT/metrics.json (metrics and
     provenance) and, for classification, OUT/confusion_matrix.png. Titles: ROUGE-1/2/L F
     (rouge-score, stemmer) and BLEU; classification: constrained scoring of the three answers,
@@ -61,7 +64,7 @@ def eval_(corpus, spec, backend_kind, task, split, limit, prompting, batch_size,
     check_task(task)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     report = evaluate(load_backend(spec, batch_size=batch_size, dtype=dtype), task, resolve_corpus(corpus), out,
-                      split=split, limit=limit, prompting=prompting, decoding=decoding, seed=seed)
+                      split=split, limit=limit, prompting=prompting, decoding=decoding, seed=seed, shots=shots)
     shown = {k: v for k, v in report.metrics.items() if isinstance(v, float)}
     click.echo("  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
     click.echo(f"wrote {out}/predictions.jsonl and {out}/metrics.json ({report.provenance['seconds']:.0f}s)")

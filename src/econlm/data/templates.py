@@ -17,6 +17,7 @@ token) and never parses free text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from econlm.errors import UserError
@@ -60,14 +61,15 @@ class ChatTemplate(PromptTemplate):
 
 @dataclass(frozen=True)
 class CompletionTemplate(PromptTemplate):
-    """Plain text for base models: the instruction, one worked example, then the query."""
+    """Plain text for base models: the instruction, worked examples (one for one-shot), then the query."""
 
     instruction: str
     shot: str  # str.format over {abstract} and {answer}; the query is the shot with an empty answer
 
-    def render(self, example_abstract: str, example_answer: str, abstract: str) -> str:
-        worked = self.shot.format(abstract=example_abstract, answer=f" {example_answer}")
-        return f"{self.instruction}\n\n{worked}\n\n{self.shot.format(abstract=abstract, answer='')}"
+    def render(self, examples: Sequence[tuple[str, str]], abstract: str) -> str:
+        """`examples` are (abstract, answer) pairs, shown in order before the query."""
+        worked = [self.shot.format(abstract=a, answer=f" {answer}") for a, answer in examples]
+        return "\n\n".join([self.instruction, *worked, self.shot.format(abstract=abstract, answer="")])
 
 
 # ---------------------------------------------------------------- the training tasks (chat)
