@@ -45,9 +45,19 @@ def test_reproduce_evaluates_the_shipped_adapter(tiny_everything, small_corpus, 
     base = AutoModelForCausalLM.from_pretrained(str(tiny_everything))
     get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"])).save_pretrained(adapter)
     monkeypatch.setattr(models, "SHIPPED_ADAPTER_DIR", adapter)
+    # A classifier stacked on this adapter's log-probabilities, standing in for the shipped one.
+    from econlm import classifier
+    from econlm.backends import get_backend
+
+    classifier.fit(get_backend(f"transformers:{adapter}"), small_corpus, jobs=1, progress=lambda m: None).save(
+        tmp_path / "classifier")
+    monkeypatch.setattr(classifier, "shipped_classifier_dir", lambda: tmp_path / "classifier")
     path = reproduce.reproduce(small_corpus, tmp_path / "out", "quick", report_dir=tmp_path / "reports" / "r")
     text = path.read_text()
     assert "shipped adapter" in text and "pending" not in text.split("## Targets")[0]
+    stacked = json.loads((tmp_path / "out" / "eval" / "econlm-classifier" / "metrics.json").read_text())
+    assert stacked["provenance"]["prompting"] == "stacked" and stacked["metrics"]["n"] == 3
+    assert "econlm classifier: " in text.split("## Table 2")[1].split("## The study's")[0]
     provenance = json.loads((tmp_path / "out" / "eval" / "econlm-title" / "metrics.json").read_text())["provenance"]
     assert provenance["model"]["kind"] == "adapter" and provenance["n_examples"] == 3
     base_run = json.loads((tmp_path / "out" / "eval" / "base-title" / "metrics.json").read_text())["provenance"]

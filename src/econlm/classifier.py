@@ -198,12 +198,17 @@ def probabilities(classifier: StackedClassifier, backend, abstracts: list[str]) 
     return classifier.predict_proba(abstracts, lm_log_probs(backend, abstracts))
 
 
-def check_backend(classifier: StackedClassifier, backend) -> None:
-    """The stacker's weights fit only the model it was fitted with: the same content hash, not just the
+def fitted_on(classifier: StackedClassifier, backend) -> bool:
+    """Whether `backend` runs the model the stacker was fitted on: the same content hash, not just the
     same name (a name such as "econlm" can point at a newer adapter)."""
-    fitted = classifier.record["provenance"]["model"].get("hash")
-    current = backend.describe().get("hash")
-    if fitted != current:
+    return classifier.record["provenance"]["model"].get("hash") == backend.describe().get("hash")
+
+
+def check_backend(classifier: StackedClassifier, backend) -> None:
+    """The stacker's weights fit only the model it was fitted with (`fitted_on`)."""
+    if not fitted_on(classifier, backend):
+        fitted = classifier.record["provenance"]["model"].get("hash")
+        current = backend.describe().get("hash")
         raise UserError(f"this classifier was fitted on the log-probabilities of {classifier.lm_spec} with "
                         f"content hash {str(fitted)[:12]}, but {backend.name} now has {str(current)[:12]}; "
                         "refit it with `econlm classifier fit`")

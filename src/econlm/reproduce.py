@@ -2,8 +2,8 @@
 
 build data -> fine-tuned model (the shipped adapter, or `--train` a new one) -> evaluate title
 generation and classification for the fine-tuned model, the base model zero-shot and Gemma-3-270M
-one-shot, and the shipped econlm classifier (stacked on the shipped adapter; not with --train,
-whose new adapter it was not fitted on) -> the baselines -> the report.
+one-shot, and the shipped econlm classifier (stacked on the shipped adapter; left out when the
+fine-tuned model is another one, e.g. with --train) -> the baselines -> the report.
 
 Presets:
 - quick: seeded subsets (stated in the report) so the whole run fits in under 10 minutes on a
@@ -79,7 +79,7 @@ def reproduce(corpus_dir: str | Path, out_dir: str | Path, preset_name: str = "q
     """Run every stage into `out_dir`; returns the report's path (report_dir, default OUT/report)."""
     from econlm.backends import EngineSpec
     from econlm.baselines import run_baselines
-    from econlm.classifier import StackedClassifier, score_split, shipped_classifier_dir
+    from econlm.classifier import StackedClassifier, fitted_on, score_split, shipped_classifier_dir
     from econlm.data.build import build_datasets
     from econlm.evaluate import EVAL_TASKS, evaluate, load_backend
     from econlm.io import atomic_write_text
@@ -107,11 +107,15 @@ def reproduce(corpus_dir: str | Path, out_dir: str | Path, preset_name: str = "q
             evaluate(backend, task, corpus_dir, out_dir / "eval" / f"{name}-{task}", limit=preset.eval_limit,
                      seed=seed)
             run_dirs.append(out_dir / "eval" / f"{name}-{task}")
-        if name == "econlm" and not train and shipped_classifier_dir().is_dir():
-            _log(f"econlm classifier (stacked on {ref}) on classify, limit={preset.eval_limit}")
-            score_split(StackedClassifier.load(shipped_classifier_dir()), backend, corpus_dir,
-                        "test", out_dir / "eval" / "econlm-classifier", limit=preset.eval_limit, seed=seed)
-            run_dirs.append(out_dir / "eval" / "econlm-classifier")
+        if name == "econlm" and shipped_classifier_dir().is_dir():
+            classifier = StackedClassifier.load(shipped_classifier_dir())
+            if fitted_on(classifier, backend):
+                _log(f"econlm classifier (stacked on {ref}) on classify, limit={preset.eval_limit}")
+                score_split(classifier, backend, corpus_dir, "test", out_dir / "eval" / "econlm-classifier",
+                            limit=preset.eval_limit, seed=seed)
+                run_dirs.append(out_dir / "eval" / "econlm-classifier")
+            else:
+                _log(f"the shipped econlm classifier was fitted on another model than {ref}: its row is left out")
         del backend
 
     _log("baselines")

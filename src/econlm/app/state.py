@@ -66,17 +66,13 @@ def backend():
 def classifier():
     """The shipped econlm classifier when it was fitted on the model this app runs, else None (the
     Classify page then shows the model's own probabilities over the three answers)."""
-    from econlm.classifier import check_backend, shipped_classifier_dir
+    from econlm.classifier import fitted_on, shipped_classifier_dir
 
     folder = shipped_classifier_dir()
     if not folder.is_dir():
         return None
     loaded = _load_classifier(str(folder))
-    try:
-        check_backend(loaded, backend())
-    except UserError:
-        return None
-    return loaded
+    return loaded if fitted_on(loaded, backend()) else None
 
 
 def embedder():
