@@ -12,7 +12,7 @@ install-ci:
 	VENV=$(VENV) WITH_BROWSER=1 scripts/install.sh
 
 # The main job on the shipped defaults: the study in miniature (seeded test subsets, the shipped
-# adapter, every baseline) -> out/reproduce-quick/report/report.md. About 8 minutes on 2 cores.
+# adapter and classifier, every baseline) -> out/reproduce-quick/report/report.md. 7-15 minutes on 2 cores.
 quickstart: install
 	$(VENV)/bin/econlm data validate $(ECONLM_DATA)/train.jsonl $(ECONLM_DATA)/validation.jsonl $(ECONLM_DATA)/test.jsonl
 	$(VENV)/bin/econlm reproduce --preset quick --out out/reproduce-quick
