@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,19 @@ SHARED_MMLU = REPO.parent / "shared" / "data" / "mmlu-econ"
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("ECONLM_HOME", str(REPO / ".cache" / "test-home"))
 os.environ.setdefault("ECONLM_DATA", str(SHARED_CORPUS))
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """An empty $ECONLM_HOME of the test's own (indexes, converted models)."""
+    monkeypatch.setenv("ECONLM_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def run_cli(*args: str, home) -> subprocess.CompletedProcess:
+    """The real entry point (`python -m econlm.cli`) with $ECONLM_HOME set to `home`."""
+    env = {**os.environ, "ECONLM_HOME": str(home)}
+    return subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="session")

@@ -49,3 +49,29 @@ def tiny_gguf(root: Path, quant: str) -> Path:
         export_gguf(ModelRef.parse(tiny_model_dir(root)), path, quant, progress=False)
         _built[quant] = path
     return _built[quant]
+
+
+def prompt_ids(tokenizer, conversation) -> list[int]:
+    """Token ids of a chat prompt as training and inference render it."""
+    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def hf_logits(model, ids: list[int]):
+    """transformers' logits for every position of `ids` (float32 numpy)."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def llama_logits(path, ids: list[int]):
+    """llama.cpp's logits for every position of `ids`, from the GGUF at `path`."""
+    import llama_cpp
+    import numpy as np
+
+    llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False)
+    llm.eval(ids)
+    logits = np.array(llm.scores[: len(ids)])
+    llm.close()
+    return logits

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from econlm.errors import UserError
 from econlm.export import export_gguf
 from econlm.models import ModelRef
-from gguf_models import tiny_gguf, tiny_model_dir
+from gguf_models import hf_logits, llama_logits, prompt_ids, tiny_gguf, tiny_model_dir
 
 CONVERSATIONS = [
     [{"role": "system", "content": "You are an economist."}, {"role": "user", "content": "What is GDP?"}],
@@ -40,22 +40,7 @@ def hf(root):
     return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
 
 
-def prompt_ids(tokenizer, conversation) -> list[int]:
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-
-def llama_logits(path, ids: list[int]) -> np.ndarray:
-    llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False)
-    llm.eval(ids)
-    logits = np.array(llm.scores[: len(ids)])
-    llm.close()
-    return logits
-
-
-def hf_logits(model, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
 
 
 def test_f16_same_tokens_and_greedy_continuation(root, hf):

@@ -29,6 +29,7 @@ from econlm.export import _pre_tokenizer_name, export_gguf
 from econlm.models import REGISTRY, ModelRef, load_model
 from econlm.training import train
 from econlm.training.data import encode_example
+from gguf_models import hf_logits, llama_logits, prompt_ids
 
 CONVERSATIONS = [
     [{"role": "system", "content": "You are an economist."}, {"role": "user", "content": "What is GDP?"}],
@@ -37,24 +38,6 @@ CONVERSATIONS = [
     [{"role": "user", "content": "It's 2024: GDP grew 3.25% (vs. 1,000 in '99)...\n\n\tWe'll see; déjà-vu — 東京?!"}],
     [{"role": "system", "content": "Write titles."}, {"role": "user", "content": "Abstract: We study   auctions\r\nwith bidders."}],
 ]
-
-
-def prompt_ids(tokenizer, conversation) -> list[int]:
-    text = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def hf_logits(model, ids: list[int]) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].float().numpy()
-
-
-def llama_logits(path, ids: list[int]) -> np.ndarray:
-    llm = llama_cpp.Llama(str(path), n_ctx=512, logits_all=True, verbose=False)
-    llm.eval(ids)
-    logits = np.array(llm.scores[: len(ids)])
-    llm.close()
-    return logits
 
 
 @pytest.fixture(scope="module")

@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from econlm.errors import UserError
 from econlm.rag import Assistant, AssistantAnswer, add_files, store
+from conftest import run_cli
 from fakes import FakeBackend, HashEmbedder, make_bomb_pdf, make_image_only_pdf, make_pdf
 
 REPORT_PAGES = [
     "Inflation targeting anchors expectations. The central bank raised its policy rate to 4.5 percent in 2023.",
     "Minimum wage increases had small employment effects in the county study.",
 ]
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ECONLM_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-def run_cli(*args: str, home) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ECONLM_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, env=env)
 
 
 def test_add_files_then_ask_returns_a_cited_answer(home, tmp_path):

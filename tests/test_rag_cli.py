@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from click.testing import CliRunner
@@ -14,17 +11,7 @@ from econlm.cli import app as _app  # noqa: F401  (registers the commands on the
 from econlm.cli._base import main as cli
 from econlm.rag import store
 from econlm.rag.loaders import load_bytes
-
-
-@pytest.fixture
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("ECONLM_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
-
-
-def run_cli(*args: str, home) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ECONLM_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "econlm.cli", *args], capture_output=True, text=True, env=env)
+from conftest import run_cli
 
 
 def test_app_help_names_the_upload_limit_and_model():
