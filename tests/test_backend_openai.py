@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from econlm.backends import Backend, Decoding, get_backend
-from econlm.backends.openai import OpenAIBackend
+from econlm.backends.openai import DEFAULT_BASE_URL, OpenAIBackend, _key_from_environment
 from econlm.errors import UserError
 
 CONVERSATION = [{"role": "user", "content": "What is a Giffen good?"}]
@@ -122,9 +122,36 @@ def test_spec_string_and_environment(serve, monkeypatch):
     server = serve(ok("hi"))
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ECONLM_API_KEY", raising=False)
     backend = get_backend("openai:served-model")
     assert backend.chat([CONVERSATION]) == [["hi"]]
     assert server.requests[0]["model"] == "served-model" and server.requests[0]["auth"] is None
+
+
+@pytest.mark.parametrize(
+    ("environment", "sent"),
+    [
+        ({"ECONLM_API_KEY": "econlm-key", "OPENAI_API_KEY": "sk-openai"}, "Bearer econlm-key"),
+        ({"OPENAI_API_KEY": "sk-openai"}, "Bearer sk-openai"),
+        ({"ECONLM_API_KEY": "econlm-key"}, "Bearer econlm-key"),
+    ],
+)
+def test_key_from_the_environment_for_a_local_server(serve, monkeypatch, environment, sent):
+    server = serve(ok("hi"))
+    for name in ("ECONLM_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    backend_for(server).chat([CONVERSATION])
+    assert server.requests[0]["auth"] == sent
+
+
+def test_the_econlm_server_key_is_never_sent_to_openai(monkeypatch):
+    monkeypatch.setenv("ECONLM_API_KEY", "econlm-key")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai")
+    assert _key_from_environment(DEFAULT_BASE_URL) == "sk-openai"
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert _key_from_environment(DEFAULT_BASE_URL) is None
 
 
 def test_servers_that_ignore_n_are_asked_again(serve):
@@ -154,7 +181,7 @@ def test_retries_are_bounded(serve):
 
 def test_client_errors_are_not_retried_and_say_what_to_fix(serve):
     server = serve(lambda b: (401, {}, {"error": {"message": "invalid key"}}))
-    with pytest.raises(UserError, match=r"HTTP 401: invalid key \(check OPENAI_API_KEY\)"):
+    with pytest.raises(UserError, match=r"HTTP 401: invalid key \(check ECONLM_API_KEY or OPENAI_API_KEY\)"):
         backend_for(server).chat([CONVERSATION])
     assert len(server.requests) == 1
 

@@ -13,6 +13,12 @@ a transformers model is safe to share between threads); further requests wait in
 and get 503 when it is full. Every bad request gets a 4xx with an OpenAI-style JSON error and the
 server keeps serving.
 
+Because one request holds the model, what a request may cost is capped (prompts per request,
+generated and prompt tokens per request) and a request whose client has left stops generating at
+the next prompt batch or stream chunk. POST bodies must be `application/json`, so a web page
+cannot post to the server without a CORS preflight (which the server never grants). With an API
+key, every /v1 route needs `Authorization: Bearer KEY`.
+
 For a GPU cluster, serve the base model with the LoRA adapter in vLLM instead (docs/serving.md):
 the same clients work against it.
 """
@@ -21,7 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
+import ipaddress
 import json
+import logging
 import socket
 import statistics
 import threading
@@ -36,6 +46,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from econlm.backends import Backend, Decoding, EngineSpec, get_backend
 from econlm.errors import UserError
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class ServerLimits:
@@ -46,6 +58,9 @@ class ServerLimits:
     max_body_bytes: int = 1_000_000
     max_waiting: int = 64  # requests queued behind the one being generated; more get 503
     max_n: int = 4  # choices per request
+    max_prompts: int = 16  # prompts in one /v1/completions request
+    max_generated_tokens: int = 2048  # prompts x n x max_tokens per request (= max_n x max_tokens)
+    max_prompt_tokens: int = 8192  # prompt tokens over all of a request's prompts
 
 
 # ---------------------------------------------------------------------------- request bodies
@@ -100,6 +115,10 @@ class RequestError(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
 
 
+class ClientGone(Exception):
+    """The client hung up before its reply was ready: nothing is sent, generation stops."""
+
+
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -121,14 +140,22 @@ class ModelServer:
     # -- request parsing
 
     async def _read_json(self, request) -> Any:
+        from starlette.requests import ClientDisconnect
+
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise RequestError(415, f"Content-Type must be application/json, not {media_type or 'missing'}", code="unsupported_media_type")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise RequestError(413, f"request body over {self.limits.max_body_bytes} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.limits.max_body_bytes:
-                raise RequestError(413, f"request body over {self.limits.max_body_bytes} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > self.limits.max_body_bytes:
+                    raise RequestError(413, f"request body over {self.limits.max_body_bytes} bytes")
+        except ClientDisconnect:
+            raise ClientGone(f"after {len(body)} bytes of the request body") from None
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -183,16 +210,41 @@ class ModelServer:
         finally:
             self._model_lock.release()
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a blocking backend call in a worker thread during this request's model turn; a
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run a blocking backend call in a worker thread (inside the caller's model turn); a
         UserError from the backend (e.g. prompt longer than the context) is the caller's 400."""
         from starlette.concurrency import run_in_threadpool
 
-        async with self._model_turn():
-            try:
-                return await run_in_threadpool(fn, *args)
-            except UserError as exc:
-                raise RequestError(400, str(exc), code="invalid_request") from None
+        try:
+            return await run_in_threadpool(fn, *args)
+        except UserError as exc:
+            raise RequestError(400, str(exc), code="invalid_request") from None
+
+    @staticmethod
+    async def _ensure_connected(request, when: str) -> None:
+        if await request.is_disconnected():
+            raise ClientGone(when)
+
+    # -- what one request may cost
+
+    def _check_generated_tokens(self, n_prompts: int, decoding: Decoding) -> None:
+        wanted = n_prompts * decoding.num_return_sequences * decoding.max_new_tokens
+        if wanted > self.limits.max_generated_tokens:
+            raise RequestError(
+                400,
+                f"{n_prompts} prompt(s) x n={decoding.num_return_sequences} x max_tokens={decoding.max_new_tokens} = {wanted} "
+                f"tokens to generate is over this server's limit of {self.limits.max_generated_tokens} per request",
+                code="request_too_large", param="max_tokens",
+            )
+
+    def _check_prompt_tokens(self, render: Callable[[], list[str]]) -> None:
+        """Called in a worker thread during the model turn: the tokenizer is no safer to share
+        between threads than the model. Skipped where the backend has no tokenizer here."""
+        if not self.backend.has_tokenizer:
+            return
+        total = sum(self.backend.count_tokens(text) for text in render())
+        if total > self.limits.max_prompt_tokens:
+            raise RequestError(400, f"the prompt(s) hold {total} tokens, over this server's limit of {self.limits.max_prompt_tokens} per request", code="request_too_large", param="prompt")
 
     # -- responses
 
@@ -216,6 +268,7 @@ class ModelServer:
 
         req = await self._parse(request, ChatRequest)
         decoding = self._decoding(req, self.limits.default_max_tokens)
+        self._check_generated_tokens(1, decoding)
         if req.stop:
             raise RequestError(400, "stop sequences are not supported for chat completions", param="stop")
         conversation = [{"role": m.role, "content": m.content} for m in req.messages]
@@ -225,7 +278,10 @@ class ModelServer:
                 raise RequestError(400, "stream=true supports n=1 only", param="n")
             self._check_capacity()  # a full queue is a 503 before the stream starts
             return StreamingResponse(self._chat_events(completion_id, conversation, decoding), media_type="text/event-stream")
-        replies = (await self._run(self.backend.chat, [conversation], decoding))[0]
+        async with self._model_turn():
+            await self._ensure_connected(request, "while its request waited for the model")
+            await self._call(self._check_prompt_tokens, lambda: [self.backend.chat_prompt(conversation)])
+            replies = (await self._call(self.backend.chat, [conversation], decoding))[0]
         body = {
             "id": completion_id,
             "object": "chat.completion",
@@ -241,7 +297,8 @@ class ModelServer:
         return JSONResponse(body)
 
     async def _chat_events(self, completion_id: str, conversation: list[dict[str, str]], decoding: Decoding) -> AsyncIterator[str]:
-        """Server-sent events in OpenAI's chunk format; the model turn lasts the whole stream."""
+        """Server-sent events in OpenAI's chunk format; the model turn lasts the whole stream.
+        Starlette cancels this generator when the client disconnects (between chunks)."""
         import anyio
         from starlette.concurrency import run_in_threadpool
 
@@ -257,6 +314,7 @@ class ModelServer:
 
         try:
             async with self._model_turn():
+                await self._call(self._check_prompt_tokens, lambda: [self.backend.chat_prompt(conversation)])
                 pieces = self.backend.stream_chat(conversation, decoding)
                 text = ""
                 try:
@@ -283,8 +341,19 @@ class ModelServer:
             raise RequestError(400, "stream=true is supported for chat completions only", param="stream")
         decoding = self._decoding(req, 16)
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        if not prompts:
+            raise RequestError(400, "prompt: the list holds no prompt", param="prompt")
+        if len(prompts) > self.limits.max_prompts:
+            raise RequestError(400, f"prompt: {len(prompts)} prompts is over this server's limit of {self.limits.max_prompts} per request", code="too_many_prompts", param="prompt")
+        self._check_generated_tokens(len(prompts), decoding)
         stop = [req.stop] if isinstance(req.stop, str) else (req.stop or [])
-        replies = await self._run(self.backend.complete, prompts, decoding, stop)
+        replies: list[list[str]] = []
+        async with self._model_turn():
+            await self._call(self._check_prompt_tokens, lambda: prompts)
+            # One backend batch at a time, so a client that has left stops the generation.
+            for start in range(0, len(prompts), self.backend.batch_size):
+                await self._ensure_connected(request, f"after {start} of {len(prompts)} prompts")
+                replies += await self._call(self.backend.complete, prompts[start: start + self.backend.batch_size], decoding, stop)
         choices = []
         for p_index, texts in enumerate(replies):
             for text in texts:
@@ -313,11 +382,73 @@ class ModelServer:
         return JSONResponse({"status": "ok", "model": self.model_name, "backend": self.backend.name, "waiting": self._waiting})
 
 
-def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimits = ServerLimits()):
-    """The Starlette app: OpenAI routes, every error as JSON."""
+class _InternalErrors:
+    """ASGI middleware: a failure inside the server gets a generic 500 (its text may hold paths or
+    data) and its traceback is logged once, under an id the client is given."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.responses import JSONResponse
+
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            error_id = uuid.uuid4().hex[:12]
+            log.exception("internal error %s on %s %s", error_id, scope["method"], scope["path"])
+            if not started:
+                body = error_body(f"internal server error (id {error_id}; the details are in the server's log)", "server_error")
+                await JSONResponse(body, status_code=500)(scope, receive, send)
+
+
+class _RequireKey:
+    """ASGI middleware: every route but /health (left open for probes) needs `Authorization:
+    Bearer KEY`. Keys are compared as SHA-256 digests in constant time, so neither their content
+    nor their length shows in the response time."""
+
+    def __init__(self, app, api_key: str):
+        self.app = app
+        self._digest = hashlib.sha256(api_key.encode()).digest()
+
+    def _refusal(self, header: str | None) -> str | None:
+        if not header:
+            return "no API key: send the header `Authorization: Bearer KEY`"
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), self._digest):
+            return "incorrect API key"
+        return None
+
+    async def __call__(self, scope, receive, send) -> None:
+        from starlette.datastructures import Headers
+        from starlette.responses import JSONResponse
+
+        if scope["type"] == "http" and scope["path"] != "/health":
+            refusal = self._refusal(Headers(scope=scope).get("authorization"))
+            if refusal is not None:
+                body = error_body(refusal, "invalid_request_error", "invalid_api_key")
+                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimits = ServerLimits(), api_key: str | None = None):
+    """The Starlette app: OpenAI routes, every error as JSON; with `api_key`, only for clients
+    that send it."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
-    from starlette.responses import JSONResponse
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     server = ModelServer(backend, model_name, limits)
@@ -330,9 +461,13 @@ def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimit
     async def http_error(request, exc: HTTPException):
         return JSONResponse(error_body(str(exc.detail), "invalid_request_error"), status_code=exc.status_code)
 
-    async def server_error(request, exc: Exception):
-        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"), status_code=500)
+    async def client_gone(request, exc: ClientGone):
+        log.info("%s %s: the client left %s; stopped, nothing sent", request.method, request.url.path, exc)
+        return Response(status_code=499)  # nginx's "client closed request"; nobody is there to read it
 
+    middleware = [Middleware(_InternalErrors)]
+    if api_key:
+        middleware.append(Middleware(_RequireKey, api_key=api_key))
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
@@ -340,7 +475,8 @@ def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimit
             Route("/v1/models", server.models, methods=["GET"]),
             Route("/health", server.health, methods=["GET"]),
         ],
-        exception_handlers={RequestError: request_error, HTTPException: http_error, Exception: server_error},
+        middleware=middleware,
+        exception_handlers={RequestError: request_error, HTTPException: http_error, ClientGone: client_gone},
     )
     app.state.server = server
     return app
@@ -349,12 +485,33 @@ def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimit
 # ---------------------------------------------------------------------------- running
 
 
-def serve(spec: EngineSpec, host: str = "127.0.0.1", port: int = 8000, model_name: str = "econlm", limits: ServerLimits = ServerLimits()) -> None:
-    """Load the backend a spec names and serve it until interrupted."""
-    import uvicorn
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (a name other than localhost counts as not)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    app = create_app(get_backend(spec), model_name, limits)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+
+def serve(
+    spec: EngineSpec,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    model_name: str = "econlm",
+    limits: ServerLimits = ServerLimits(),
+    api_key: str | None = None,
+) -> None:
+    """Load the backend a spec names and serve it until interrupted; this module's log lines go
+    where uvicorn's go, in its format."""
+    import copy
+
+    import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
+
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"][__name__] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    app = create_app(get_backend(spec), model_name, limits, api_key)
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,9 @@ with log-probabilities), and local servers differ from OpenAI in small ways the 
 itself (servers that ignore `n`, that send no usage, that need no key).
 
 - Base URL from `base_url` or `$OPENAI_BASE_URL` (default https://api.openai.com/v1); key from
-  `api_key` or `$OPENAI_API_KEY` (local servers usually need none).
+  `api_key`, else `$ECONLM_API_KEY` (the key `econlm serve --api-key` checks) for any server but
+  OpenAI's, else `$OPENAI_API_KEY`: a server key is never sent to OpenAI, nor an OpenAI key to
+  a local server that has its own.
 - Timeouts on every request; bounded retries with exponential backoff on 429, 5xx and
   connection errors (a `Retry-After` header is honoured up to `max_backoff`); `concurrency`
   requests in flight at most.
@@ -60,7 +62,7 @@ class OpenAIBackend:
         self.model = model
         self.name = f"openai:{model}"
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        key = api_key if api_key is not None else _key_from_environment(self.base_url)
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -207,12 +209,17 @@ class OpenAIBackend:
         except (json.JSONDecodeError, UnicodeDecodeError):
             detail = response.text[:200]
         hint = {
-            401: " (check OPENAI_API_KEY)",
+            401: " (check ECONLM_API_KEY or OPENAI_API_KEY)",
             403: " (the key may not have access to this model)",
             404: f" (is {self.base_url} an OpenAI-compatible /v1 base URL, and is model {self.model!r} served?)",
         }.get(status, "")
         tries = f" after {attempt + 1} attempts" if attempt else ""
         return f"{self.base_url}/chat/completions: HTTP {status}{tries}: {detail}{hint}"
+
+
+def _key_from_environment(base_url: str) -> str | None:
+    own_server_key = os.environ.get("ECONLM_API_KEY") if base_url != DEFAULT_BASE_URL else None
+    return own_server_key or os.environ.get("OPENAI_API_KEY")
 
 
 def _error_text(payload: object) -> str:

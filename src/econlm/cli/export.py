@@ -37,23 +37,39 @@ def gguf(model, quant: str, out: Path) -> None:
 @main.command()
 @click.option("--model", "spec", type=ModelSpecParam(), required=True,
               help="ENGINE:MODEL: llamacpp:FILE.gguf (fast CPU), transformers:MODEL or a bare MODEL, openai:NAME.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0 for all).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on: 127.0.0.1 is this machine only. 0.0.0.0 (all) lets anyone on the network "
+                   "use the model: only with --api-key.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--api-key", envvar="ECONLM_API_KEY", show_envvar=True, default=None,
+              help="Require `Authorization: Bearer KEY` on every request but /health (401 otherwise). "
+                   "econlm's openai: clients send $ECONLM_API_KEY.")
 @click.option("--name", default="econlm", show_default=True, help="Model id clients send (and /v1/models lists).")
 @click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(1), help="Largest max_tokens a request may ask for.")
+@click.option("--max-prompts", default=16, show_default=True, type=click.IntRange(1), help="Prompts one /v1/completions request may hold.")
+@click.option("--max-generated-tokens", default=2048, show_default=True, type=click.IntRange(1),
+              help="Tokens one request may ask to generate (prompts x n x max_tokens).")
+@click.option("--max-prompt-tokens", default=8192, show_default=True, type=click.IntRange(1), help="Prompt tokens one request may hold.")
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="Largest request body accepted.")
 @click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(1), help="Requests queued behind the running one; more get 503.")
-def serve(spec, host: str, port: int, name: str, max_tokens: int, max_body_bytes: int, max_waiting: int) -> None:
+def serve(spec, host: str, port: int, api_key: str | None, name: str, max_tokens: int, max_prompts: int, max_generated_tokens: int,
+          max_prompt_tokens: int, max_body_bytes: int, max_waiting: int) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat/completions with streaming).
 
     Reads the model the spec names; writes nothing. Clients: the econlm app and `openai:` backend
-    (OPENAI_BASE_URL=http://HOST:PORT/v1), the openai package, curl. For GPUs and many users,
-    serve with vLLM instead (docs/serving.md).
+    (OPENAI_BASE_URL=http://HOST:PORT/v1), the openai package, curl. Requests beyond the limits
+    get a 4xx; a request whose client leaves stops generating. For GPUs and many users, serve
+    with vLLM instead (docs/serving.md).
     """
-    from econlm.serve import ServerLimits, serve as run_server
+    from econlm.serve import ServerLimits, is_loopback, serve as run_server
 
-    limits = ServerLimits(max_tokens=max_tokens, default_max_tokens=min(256, max_tokens), max_body_bytes=max_body_bytes, max_waiting=max_waiting)
-    run_server(spec, host=host, port=port, model_name=name, limits=limits)
+    if not api_key and not is_loopback(host):
+        click.echo(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model", err=True)
+    limits = ServerLimits(
+        max_tokens=max_tokens, default_max_tokens=min(256, max_tokens), max_body_bytes=max_body_bytes, max_waiting=max_waiting,
+        max_prompts=max_prompts, max_generated_tokens=max_generated_tokens, max_prompt_tokens=max_prompt_tokens,
+    )
+    run_server(spec, host=host, port=port, model_name=name, limits=limits, api_key=api_key)
 
 
 @bench.command("infer")
