@@ -57,7 +57,7 @@ def test_save_load_round_trip_without_pickle(fitted, corpus, tmp_path):
     before = probabilities(fitted, HashedFake(), abstracts)
     fitted.save(tmp_path / "clf")
     assert sorted(p.name for p in (tmp_path / "clf").iterdir()) == [
-        "classifier.json", "tfidf_vocabulary.json", "weights.safetensors", "xgboost.json"]
+        ".econlm-output.json", "classifier.json", "tfidf_vocabulary.json", "weights.safetensors", "xgboost.json"]
     loaded = StackedClassifier.load(tmp_path / "clf")
     after = probabilities(loaded, HashedFake(), abstracts)
     np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-9)

@@ -150,7 +150,8 @@ def test_cli_eval_writes_the_files(tiny_llama, small_corpus, tmp_path):
                      "--limit", "2", "--out", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "accuracy=" in result.stdout
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"predictions.jsonl", "metrics.json", "confusion_matrix.png"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"predictions.jsonl", "metrics.json", "confusion_matrix.png",
+                                                             ".econlm-output.json"}
 
 
 def _train_ids(corpus) -> dict[str, dict]:

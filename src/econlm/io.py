@@ -7,15 +7,19 @@ command never leaves a half-written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from econlm import __version__
 from econlm.errors import UserError
 
 
@@ -82,25 +86,168 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield lineno, obj
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Build a directory under a temp name; rename it into place only when the block succeeds.
+OUTPUT_MARKER = ".econlm-output.json"  # written last into every directory `atomic_dir` makes
+# How a directory econlm wrote before OUTPUT_MARKER existed is recognised: its manifest or
+# metrics file (data build and index; eval, qa eval, baselines' runs; baselines; report;
+# models convert; merge; classifier fit; checkpoints).
+LEGACY_MANIFESTS = ("manifest.json", "metrics.json", "summary.json", "results.json", "econlm_model.json",
+                    "econlm_merged.json", "classifier.json", "trainer_state.json")
+TRAINING_RUN_FILE = "econlm_run.json"
+_RENAME_EXCHANGE = 2  # linux/fs.h
 
-    An existing directory at `path` is replaced only after the new one is complete.
+
+def check_out_dir(path: str | Path) -> Path:
+    """Refuse an output directory whose replacement would lose what econlm did not write.
+
+    Allowed: a missing path, an empty directory, or one econlm wrote (its OUTPUT_MARKER lists
+    every entry, or, from earlier versions, it holds one of LEGACY_MANIFESTS) holding nothing
+    else. Returns where the directory is written (a symbolic link's target). Commands call it
+    before long work so a refusal comes first; `atomic_dir` calls it again before the swap.
+    """
+    given = Path(path)
+    target = given.resolve()
+    cwd = Path.cwd().resolve()
+    if target == cwd or target in cwd.parents:
+        raise UserError(f"{given}: is the current directory or holds it; give a new directory to write")
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{given}: is a file, not a directory; give a directory to write")
+    if not target.is_dir():
+        return target
+    if (target / TRAINING_RUN_FILE).is_file():
+        raise UserError(f"{given}: is a training run directory; econlm does not replace it, choose another directory")
+    foreign = _foreign_entries(target)
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UserError(f"{given}: not replaced: it holds {foreign[0]!r}{more}, which econlm did not write; "
+                        "move it away or choose another directory")
+    return target
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    """Entries of `folder` that econlm did not write (all of them where it wrote none)."""
+    names = sorted(p.name for p in folder.iterdir())
+    marker = folder / OUTPUT_MARKER
+    if marker.is_file():
+        try:
+            written = json.loads(marker.read_text(encoding="utf-8"))["entries"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            written = []
+        return [n for n in names if n != OUTPUT_MARKER and n not in written]
+    if any((folder / name).is_file() for name in LEGACY_MANIFESTS):
+        return []
+    return names
+
+
+_LEFTOVER = r"\.{name}\.(?:(?P<pid>\d+)-)?[a-z0-9_]{{8}}\.(?:tmp|old)|\.{name}\.old"
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Clear what killed writes of `path` left beside it; returns what was removed.
+
+    Temp (`.NAME.PID-XXXXXXXX.tmp`) and old (`.PID-XXXXXXXX.old`) directories of a writer that is
+    still running are kept; names without a PID come from earlier versions, whose writers never
+    run beside this one. If `path` itself is missing (a kill between the two renames of the
+    fallback swap), the old directory is put back instead of removed.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(_LEFTOVER.format(name=re.escape(path.name)))
+    stale = []
+    for entry in sorted(path.parent.iterdir(), key=lambda p: p.name):
+        match = pattern.fullmatch(entry.name)
+        if match and not (match["pid"] and _alive(int(match["pid"]))):
+            stale.append(entry)
+    olds = [p for p in stale if p.name.endswith(".old") and p.is_dir()]
+    if olds and not os.path.lexists(path):
+        os.replace(olds[0], path)
+        stale.remove(olds[0])
+    for entry in stale:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (this process counts: another thread may be writing)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS
+    or file system has no such call. Called through ctypes: the `renameat2` package on PyPI wraps
+    the same one call and has not been released since 2022."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (directories cannot be opened on Windows)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory under a temp name; put it in place only when the block succeeds.
+
+    Readers always find a whole directory at `path`: the old and new are exchanged in one
+    renameat2(RENAME_EXCHANGE) and only then is the old one removed. (A symbolic link to
+    versioned directories would do the same anywhere, but would make every output a link,
+    which copying, packaging and `shutil.rmtree` treat differently from a directory.) Where the
+    exchange is unsupported, the old directory is renamed aside first, so `path` is missing for
+    an instant. Only a directory `check_out_dir` allows is replaced; leftovers of killed writes
+    are cleared first (`remove_leftovers`), and OUTPUT_MARKER, listing the entries, is added last.
+    """
+    target = check_out_dir(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
+        entries = sorted(p.name for p in tmp.iterdir())
+        atomic_write_json(tmp / OUTPUT_MARKER, {"written_by": "econlm", "version": __version__, "entries": entries})
+        check_out_dir(path)
+        if target.is_dir():
+            if _exchange(tmp, target):
+                _fsync_dir(target.parent)
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old")
+            os.replace(target, old)
+            os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, path)
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
