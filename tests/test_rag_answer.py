@@ -121,17 +121,3 @@ def test_copied_sentences_are_cited_after_the_fact(retriever):
     assert result.citations == ["[econ.pdf, p. 1]", "[econ.pdf, p. 2]"] and result.attributed == ["[econ.pdf, p. 1]"]
     assert rag_answer.attribute("Banks exist.", hits) == ("Banks exist.", [])  # too few words to attribute
 
-
-def test_bm25_scores_are_rank_bm25s():
-    """The sparse scoring gives exactly rank_bm25's Okapi scores, for the chunks sharing a term."""
-    from rank_bm25 import BM25Okapi
-
-    from econlm.rag.retriever import BM25Scores
-
-    corpus = [["tariff", "trade", "price"], ["trade", "quota"], ["wage", "labour", "wage"], ["price", "index"], ["tax"]]
-    query = ["trade", "price", "price", "unknown"]
-    ids, scores = BM25Scores(corpus).scores(query)
-    expected = BM25Okapi(corpus).get_scores(query)
-    assert list(ids) == [0, 1, 3]
-    assert scores == pytest.approx(expected[[0, 1, 3]])
-    assert expected[2] == expected[4] == 0.0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import random
 
 import pytest
 
@@ -44,9 +46,10 @@ def test_listing_and_deleting(tmp_path, monkeypatch, embedder):
     store.add_documents(store.index_dir("alpha"), docs("Alpha text about trade."), embedder)
     (store.indexes_root() / "broken").mkdir()
     (store.indexes_root() / "broken" / "index.faiss").write_bytes(b"junk")
-    rows = {r["name"]: r for r in store.list_indexes()}
+    rows = {r["name"]: r for r in store.list_indexes(verify=True)}
     assert rows["alpha"]["status"] == "ok" and rows["alpha"]["documents"] == 1 and rows["alpha"]["kind"] == "documents"
-    assert rows["broken"]["status"].startswith("invalid:")
+    assert rows["broken"]["status"] == "broken: not an econlm index (no manifest.json); refused."
+    assert store.list_indexes()[0]["status"] == "unverified"  # manifests only
     store.delete_index(store.index_dir("broken"))
     store.delete_index(store.index_dir("alpha"))
     assert store.list_indexes() == []
@@ -143,3 +146,68 @@ def test_papers_index_from_the_corpus(small_corpus, tmp_path, embedder):
     assert store.load_index(hnsw.path).faiss_index.hnsw.efSearch == store.HNSW_EF_SEARCH
     with pytest.raises(UserError, match="unknown split"):
         store.build_papers_index(small_corpus, tmp_path / "x", embedder, splits=["dev"])
+
+
+def lucene_bm25(corpus: list[list[str]], query: list[str], k1: float = 1.5, b: float = 0.75) -> list[float]:
+    """BM25 as Lucene scores it, written from the formula (Kamphuis et al., ECIR 2020, "Which BM25 do you mean?"):
+    sum over query terms of log(1 + (N - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * (1 - b + b * len / avglen))."""
+    n, avg = len(corpus), sum(map(len, corpus)) / len(corpus)
+    df = {t: sum(t in doc for doc in corpus) for t in {t for doc in corpus for t in doc}}
+    scores = []
+    for doc in corpus:
+        total = 0.0
+        for term in query:
+            tf = doc.count(term)
+            if tf:
+                idf = math.log(1 + (n - df[term] + 0.5) / (df[term] + 0.5))
+                total += idf * tf / (tf + k1 * (1 - b + b * len(doc) / avg))
+        scores.append(total)
+    return scores
+
+
+def test_keyword_index_scores_as_lucene_bm25():
+    """bm25s's scores are Lucene's BM25, computed by hand; the ranking keeps only chunks sharing a term."""
+    from econlm.rag.retriever import KeywordIndex, stop_words, tokenize
+
+    rng = random.Random(0)
+    vocabulary = [f"term{i}" for i in range(40)]
+    texts = [" ".join(rng.choices(vocabulary, weights=range(40, 0, -1), k=rng.randint(3, 30))) for _ in range(60)]
+    texts += ["the and of", "tariff tariff quota"]  # only stop words; a repeated rare term
+    stop = stop_words()
+    corpus = [tokenize(t, stop) for t in texts]
+    keyword = KeywordIndex(texts, stop)
+    for query in (["term3", "term17", "term17"], ["tariff", "unknown"], ["term39", "quota", "term0"], ["unknown"]):
+        expected = lucene_bm25(corpus, query)
+        assert keyword.scores(query) == pytest.approx(expected, rel=1e-5)
+        best = sorted((s for s in expected if s > 0), reverse=True)
+        # The same ranking up to exact ties (bm25s sums in float32, which may order tied chunks either way).
+        assert [expected[i] for i in keyword.top(query, 10)] == pytest.approx(best[:10], rel=1e-5)
+        everything = keyword.top(query, len(texts))  # every chunk sharing a term, none without one
+        assert sorted(everything) == [i for i, s in enumerate(expected) if s > 0]
+        assert [expected[i] for i in everything] == pytest.approx(best, rel=1e-5)
+    assert KeywordIndex(["the of and", "a"], stop).top(["the"], 5) == []  # nothing but stop words
+
+
+def test_hnsw_finds_what_exact_search_finds():
+    """On a few thousand clustered vectors, HNSW at the shipped efSearch returns >= 95% of Flat's top 10."""
+    from econlm.bench.rag import recall, synthetic_vectors
+
+    vectors, queries = synthetic_vectors(4000, 100, dim=64)
+    exact = store.new_faiss_index(vectors, 64, "flat").search(queries, 10)[1]
+    approximate = store.new_faiss_index(vectors, 64, "hnsw").search(queries, 10)[1]
+    assert recall(approximate, exact) >= 0.95
+
+
+def test_a_tiny_rag_benchmark(small_corpus, tmp_path, embedder):
+    """`econlm bench rag` end to end on a few hundred chunks: every figure present, exact search its own reference."""
+    from econlm.bench.rag import EF_SEARCH, run_rag_bench
+
+    result = run_rag_bench(small_corpus, tmp_path, embedder, sizes=[300], n_queries=12, ingest_papers=4)
+    assert result["ingestion"]["pages"] == 4 and result["ingestion"]["pages_per_s"] > 0
+    (row,) = result["sizes"]
+    assert row["n"] == 300 and row["flat"]["recall_at_10"] == 1.0 and row["peak_rss_mb"] > 0
+    assert set(row["hnsw"]["efSearch"]) == {str(ef) for ef in EF_SEARCH}
+    hybrid = row["hybrid"]
+    assert hybrid["hnsw"]["efSearch"] == store.HNSW_EF_SEARCH and hybrid["hnsw"]["timed_queries"] == 12
+    assert hybrid["hnsw"]["mean_hits"] > 0 and hybrid["hnsw"]["recall_at_10"] >= 0.95  # 300 vectors: HNSW is exact
+    assert [t["measured"] for t in result["targets"]] == [False, False]

@@ -67,8 +67,8 @@ def index() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Index directory [default: $ECONLM_HOME/indexes/papers].")
 @click.option("--splits", default="train,validation,test", show_default=True, help="Corpus splits to index.")
-@click.option("--index-type", type=click.Choice(["flat", "hnsw"]), default="flat", show_default=True,
-              help="Exact search, or approximate HNSW (see `econlm bench rag`).")
+@click.option("--index-type", type=click.Choice(["flat", "hnsw"]), default="hnsw", show_default=True,
+              help="Approximate HNSW, or exact Flat search (slower past ~10k chunks; see `econlm bench rag`).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Index only the first N papers (for a quick try).")
 def build(corpus: Path | None, out: Path | None, splits: str, index_type: str, limit: int | None) -> None:
     """Index the corpus papers (title + abstract) for the app's Papers page.
@@ -113,14 +113,19 @@ def add(name: str, files: tuple[Path, ...], max_file_mb: int) -> None:
 
 
 @index.command("list")
-def list_() -> None:
-    """List the indexes under $ECONLM_HOME/indexes (reads their manifests; writes nothing)."""
+@click.option("--fast", is_flag=True, help="Read the manifests only; every index is listed as unverified.")
+def list_(fast: bool) -> None:
+    """List the indexes under $ECONLM_HOME/indexes, each checked against its manifest's sha256 and chunk count.
+
+    Status: ok, broken (with why: loading it would fail the same way) or unverified (--fast).
+    Writes nothing. Exits 1 if any index is broken.
+    """
     from rich.console import Console
     from rich.table import Table
 
     from econlm.rag.store import indexes_root, list_indexes
 
-    rows = list_indexes()
+    rows = list_indexes(verify=not fast)
     if not rows:
         click.echo(f"no indexes under {indexes_root()}")
         return
@@ -131,6 +136,10 @@ def list_() -> None:
         table.add_row(row["name"], row.get("kind", ""), row.get("index_type", ""), str(row.get("documents", "")),
                       str(row.get("chunks", "")), row.get("created", ""), row["status"])
     Console(width=160).print(table)
+    broken = [row["name"] for row in rows if row["status"].startswith("broken")]
+    if broken:
+        click.echo(f"broken: {', '.join(broken)} (rebuild, or `econlm index delete NAME`)", err=True)
+        raise SystemExit(1)
 
 
 @index.command()
@@ -186,24 +195,26 @@ def ask(question: str, index_name: str, spec, k: int, as_json: bool) -> None:
 @corpus_option
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="A .json file, or a directory that gets rag-<timestamp>.json (and a .png beside it).")
-@click.option("--sizes", default="1000,10000,100000", show_default=True, help="Index sizes (chunks) to sweep.")
+@click.option("--sizes", default="1000,10000,100000,1000000", show_default=True,
+              help="Index sizes (chunks) to sweep; 1M needs about 6 GB of memory and its HNSW build is long.")
 @click.option("--queries", type=click.IntRange(10), default=200, show_default=True, help="Queries per size.")
 @click.option("--ingest-papers", type=click.IntRange(1), default=200, show_default=True,
               help="Abstracts typeset into PDFs for the ingestion measurement.")
 @click.option("--papers-index", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also compare Flat vs HNSW on this index's real vectors [default: $ECONLM_HOME/indexes/papers if built].")
 def rag(corpus: Path | None, out: Path, sizes: str, queries: int, ingest_papers: int, papers_index: Path | None) -> None:
-    """Ingestion pages/s and chunks/s; p50/p95 query latency and recall@10 of Flat vs HNSW.
+    """Ingestion pages/s; p50/p95 query latency and recall@10 of Flat vs HNSW; hybrid search p95 and recall.
 
     Reads the corpus (validation abstracts for ingestion and query text) and, if present, the
     papers index; writes OUT as JSON plus a latency plot (PNG). The size sweep uses synthetic
-    vectors (see `econlm.bench.rag`). Run it on an otherwise idle machine.
+    vectors and chunks (see `econlm.bench.rag`). Run it on an otherwise idle machine.
     """
     import tempfile
 
     from econlm.bench.common import write_result
     from econlm.bench.rag import plot, run_rag_bench
     from econlm.errors import UserError
+    from econlm.rag.embeddings import MiniLMEmbedder
     from econlm.rag.store import PAPERS_INDEX, index_dir
 
     try:
@@ -211,8 +222,9 @@ def rag(corpus: Path | None, out: Path, sizes: str, queries: int, ingest_papers:
     except ValueError:
         raise UserError(f"--sizes must be comma-separated whole numbers, got {sizes!r}") from None
     papers = papers_index if papers_index is not None else index_dir(PAPERS_INDEX)
+    corpus_dir = resolve_corpus(corpus)
     with tempfile.TemporaryDirectory(prefix="econlm-bench-rag-") as workdir:
-        result = run_rag_bench(resolve_corpus(corpus), workdir, size_list, queries, ingest_papers, papers)
+        result = run_rag_bench(corpus_dir, workdir, MiniLMEmbedder(), size_list, queries, ingest_papers, papers)
     path = write_result(out, "rag", result)
     plot(result, path.with_suffix(".png"))
     click.echo(f"{path} (+ {path.with_suffix('.png').name})")
@@ -222,6 +234,13 @@ def rag(corpus: Path | None, out: Path, sizes: str, queries: int, ingest_papers:
                f"{result['query_embedding']['p95_ms']} ms")
     for row in result["sizes"]:
         best = max(row["hnsw"]["efSearch"].items(), key=lambda kv: kv[1]["recall_at_10"])
-        click.echo(f"{row['n']:>7} chunks: flat p95 {row['flat']['p95_ms']} ms; hnsw ef={best[0]} p95 "
-                   f"{best[1]['p95_ms']} ms recall@10 {best[1]['recall_at_10']}; hybrid p95 {row['hybrid_flat']['p95_ms']} ms")
-    click.echo(f"target: {result['target']}")
+        hybrid = row["hybrid"]
+        click.echo(f"{row['n']:>8} chunks: flat p95 {row['flat']['p95_ms']} ms; hnsw ef={best[0]} p95 "
+                   f"{best[1]['p95_ms']} ms recall@10 {best[1]['recall_at_10']}; hybrid p95 {hybrid['hnsw']['p95_ms']} ms "
+                   f"over hnsw ef={hybrid['hnsw']['efSearch']} (recall@10 {hybrid['hnsw']['recall_at_10']}), "
+                   f"{hybrid['flat']['p95_ms']} ms over flat; peak memory {row['peak_rss_mb']} MB")
+    for target in result["targets"]:
+        if target["measured"]:
+            verdict = "met" if target["met"] else "NOT met"
+            click.echo(f"target at {target['chunks']:,} chunks (hybrid p95 <= {target['p95_ms']} ms, recall@10 >= "
+                       f"{target['recall_at_10']}): {verdict} ({target['hybrid_p95_ms']} ms, {target['hybrid_recall_at_10']})")

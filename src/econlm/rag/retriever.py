@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,38 +42,41 @@ def tokenize(text: str, stop: frozenset[str]) -> list[str]:
     return [w for w in _WORD_RE.findall(text.lower()) if len(w) > 1 and w not in stop]
 
 
-class BM25Scores:
-    """rank_bm25's Okapi BM25 (its idf, k1 and b), scored for every chunk at once.
+class KeywordIndex:
+    """Okapi BM25 over chunk texts, from `bm25s` (Lucene's variant: idf log(1 + (N - df + 0.5) / (df + 0.5)), k1 1.5, b 0.75).
 
-    `BM25Okapi.get_scores` loops in Python over all documents for every query term: about a
-    second per query at 20k chunks. The same per-(term, chunk) weights are computed once here
-    into a sparse term x chunk matrix, so a query is one sparse row sum (milliseconds at 100k).
+    bm25s keeps each (term, chunk) weight in a sparse matrix, so a query sums a few of its columns
+    into one score per chunk: a few milliseconds at 100k chunks. Lucene's idf is never negative,
+    so a chunk scores above zero exactly when it shares a term with the query. Terms are turned
+    into ids chunk by chunk, so a million chunks never exist as lists of strings at once.
     """
 
-    def __init__(self, tokens: list[list[str]]):
-        from rank_bm25 import BM25Okapi
-        from scipy import sparse
+    def __init__(self, texts: Iterable[str], stop: frozenset[str]):
+        import bm25s
 
-        bm25 = BM25Okapi(tokens)
-        self.rows = {term: row for row, term in enumerate(bm25.idf)}
-        length_norm = bm25.k1 * (1 - bm25.b + bm25.b * np.asarray(bm25.doc_len) / bm25.avgdl)
-        rows, cols, weights = [], [], []
-        for doc, frequencies in enumerate(bm25.doc_freqs):
-            for term, tf in frequencies.items():
-                rows.append(self.rows[term])
-                cols.append(doc)
-                weights.append(bm25.idf[term] * tf * (bm25.k1 + 1) / (tf + length_norm[doc]))
-        self.matrix = sparse.csr_matrix((weights, (rows, cols)), shape=(len(self.rows), len(tokens)))
+        self.vocabulary: dict[str, int] = {}
+        term_ids = [[self.vocabulary.setdefault(t, len(self.vocabulary)) for t in tokenize(text, stop)] for text in texts]
+        self.n_chunks = len(term_ids)
+        self._bm25 = None
+        if self.vocabulary:  # bm25s cannot index a corpus without a single term
+            self._bm25 = bm25s.BM25(k1=1.5, b=0.75, method="lucene")
+            self._bm25.index((term_ids, self.vocabulary), create_empty_token=False, show_progress=False)
 
-    def scores(self, query_terms: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, scores) of the chunks containing at least one query term (a repeated term counts again)."""
-        counts = Counter(t for t in query_terms if t in self.rows)
-        if not counts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        selected = self.matrix[[self.rows[t] for t in counts]]
-        ids = np.unique(selected.indices)
-        totals = np.asarray(selected.T @ np.fromiter(counts.values(), dtype=float)).ravel()
-        return ids, totals[ids]
+    def scores(self, query_terms: list[str]) -> np.ndarray:
+        """One BM25 score per chunk (a repeated query term counts again; unknown terms add nothing)."""
+        ids = [self.vocabulary[t] for t in query_terms if t in self.vocabulary]
+        if not ids:
+            return np.zeros(self.n_chunks, dtype=np.float32)
+        return self._bm25.get_scores_from_ids(ids)
+
+    def top(self, query_terms: list[str], n: int) -> list[int]:
+        """Ids of at most n chunks sharing a term with the query, best score first (ties: lower id)."""
+        scores = self.scores(query_terms)
+        matching = np.flatnonzero(scores > 0)
+        if len(matching) > n:
+            matching = matching[np.argpartition(-scores[matching], n - 1)[:n]]
+        order = np.lexsort((matching, -scores[matching]))
+        return [int(i) for i in matching[order]]
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,9 @@ class HybridRetriever:
     """Search one loaded `econlm.rag.store.Index` with the embedder that built it."""
 
     def __init__(self, index, embedder, candidates: int = 50, rrf_k: int = RRF_K, min_cosine: float = MIN_COSINE,
-                 min_keyword_cosine: float = MIN_KEYWORD_COSINE):
+                 min_keyword_cosine: float = MIN_KEYWORD_COSINE, keyword_index: KeywordIndex | None = None):
+        """`keyword_index`: BM25 over these same chunks, when the caller already built it (a benchmark
+        searching one set of chunks through an exact and an approximate vector index); else built here."""
         if index.embedder != embedder.name:
             from econlm.errors import UserError
 
@@ -103,8 +108,11 @@ class HybridRetriever:
         self.min_cosine = min_cosine
         self.min_keyword_cosine = min_keyword_cosine
         self._stop = stop_words()
-        tokens = [tokenize(c.text, self._stop) for c in index.chunks]
-        self._bm25 = BM25Scores(tokens) if tokens else None
+        if keyword_index is not None and keyword_index.n_chunks != len(index.chunks):
+            raise ValueError(f"keyword index of {keyword_index.n_chunks} chunks for an index of {len(index.chunks)}")
+        if keyword_index is None:
+            keyword_index = KeywordIndex((c.text for c in index.chunks), self._stop)
+        self.keyword_index = keyword_index
 
     def dense(self, query_vector: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosines, chunk ids) of the n nearest chunks (ids are -1 past the end of a small index)."""
@@ -113,11 +121,7 @@ class HybridRetriever:
 
     def keyword(self, query_terms: list[str], n: int) -> list[int]:
         """Chunk ids sharing at least one term with the query, best BM25 score first."""
-        if self._bm25 is None or not query_terms:
-            return []
-        ids, scores = self._bm25.scores(query_terms)
-        order = np.argsort(-scores, kind="stable")[:n]
-        return [int(i) for i in ids[order]]
+        return self.keyword_index.top(query_terms, n)
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The k best relevant chunks for `query` (possibly fewer, possibly none)."""
