@@ -144,7 +144,7 @@ class ModelServer:
 
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type != "application/json":
-            raise RequestError(415, f"Content-Type must be application/json, not {media_type or 'missing'}", code="unsupported_media_type")
+            raise RequestError(415, f"Content-Type must be application/json (got {media_type or 'none'})", code="unsupported_media_type")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise RequestError(413, f"request body over {self.limits.max_body_bytes} bytes")
@@ -158,7 +158,8 @@ class ModelServer:
             raise ClientGone(f"after {len(body)} bytes of the request body") from None
         try:
             return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        # ValueError: also bad UTF-8 and integers over Python's 4300-digit limit; RecursionError: nesting.
+        except (ValueError, RecursionError) as exc:
             raise RequestError(400, f"request body is not valid JSON ({exc})") from None
 
     async def _parse(self, request, model_cls: type[_Request]) -> _Request:
