@@ -92,6 +92,35 @@ def test_qa_task_needs_a_qa_file(small_corpus, tmp_path):
     assert not (tmp_path / "ds").exists()
 
 
+
+def test_a_corpus_whose_train_papers_all_leak_is_refused(small_corpus, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for split in ("validation", "test"):
+        (corpus / f"{split}.jsonl").write_bytes((small_corpus / f"{split}.jsonl").read_bytes())
+    test_rows = [json.loads(line) for line in (small_corpus / "test.jsonl").read_text().splitlines()]
+    copies = [{**row, "arxiv_id": f"2301.{i:05d}"} for i, row in enumerate(test_rows[:3])]  # same abstracts, new ids
+    (corpus / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in copies))
+    with pytest.raises(UserError, match=f"^{corpus}: no train papers left: all 3 are also in validation or test"):
+        build_datasets(corpus, "title", tmp_path / "ds")
+    assert not (tmp_path / "ds").exists()
+
+
+def test_an_output_directory_with_other_files_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.tex").write_text("\\section{Intro}")
+    with pytest.raises(UserError, match=f"^{out}: not replaced: it holds 'thesis.tex', which econlm did not write"):
+        build_datasets(tmp_path / "no-corpus-needed", "title", out)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
+def test_rebuilding_replaces_what_econlm_wrote(small_corpus, tmp_path):
+    out = tmp_path / "ds"
+    build_datasets(small_corpus, "title,classify", out)
+    build_datasets(small_corpus, "title", out)
+    assert sorted(p.name for p in out.iterdir()) == [".econlm-output.json", "manifest.json", "title"]
+
 def test_cli_build_writes_manifest(small_corpus, tmp_path):
     out = tmp_path / "ds"
     proc = subprocess.run(

@@ -74,6 +74,49 @@ def test_skip_invalid_counts_bad_lines_and_duplicates(tmp_path):
     assert "duplicate arxiv_id" in result.skipped[1]
 
 
+
+LINE = json.dumps(GOOD, ensure_ascii=False)
+ENCODINGS = [
+    ("utf-16 with BOM", lambda: LINE.encode("utf-16"), "is UTF-16 text; econlm reads UTF-8"),
+    ("utf-16-le without BOM", lambda: LINE.encode("utf-16-le"), "is UTF-16 text; econlm reads UTF-8"),
+    ("utf-32", lambda: LINE.encode("utf-32"), "is UTF-32 text"),
+    ("binary", lambda: bytes(range(256)) * 8, "is a binary file, not UTF-8 text"),
+]
+
+
+@pytest.mark.parametrize(("data", "message"), [e[1:] for e in ENCODINGS], ids=[e[0] for e in ENCODINGS])
+def test_a_file_in_another_encoding_is_refused_even_when_skipping(tmp_path, data, message):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(data())
+    for skip in (False, True):
+        with pytest.raises(UserError, match=f"^{path}: {message}"):
+            load_papers(path, skip_invalid=skip)
+
+
+def test_a_latin1_line_is_named_and_can_be_skipped(tmp_path):
+    accented = json.dumps({**GOOD, "arxiv_id": "2101.00002", "authors": "J. Müller"}, ensure_ascii=False)
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(LINE.encode() + b"\n" + accented.encode("latin-1") + b"\n")
+    column = accented.encode("latin-1").index(b"\xfc") + 1
+    with pytest.raises(UserError, match=f"^{path}:2: not UTF-8 \\(byte 0xfc at column {column}\\)"):
+        load_papers(path)
+    result = load_papers(path, skip_invalid=True)
+    assert [p.arxiv_id for p in result.papers] == [GOOD["arxiv_id"]] and result.skipped[0].startswith(f"{path}:2: not UTF-8")
+
+
+def test_a_utf8_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + LINE.encode() + b"\n")
+    assert load_papers(path).papers[0].arxiv_id == GOOD["arxiv_id"]
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"], ids=["empty", "blank lines"])
+def test_a_file_without_records_is_refused(tmp_path, text):
+    path = tmp_path / "c.jsonl"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(UserError, match=f"^{path}: is empty \\(no records\\)"):
+        load_papers(path, skip_invalid=True)
+
 def test_paper_in_two_splits_is_refused(tmp_path):
     for split in ("train", "validation", "test"):
         write(tmp_path / f"{split}.jsonl", [{**GOOD, "arxiv_id": {"train": "2101.00001", "validation": "2101.00002", "test": "2101.00001"}[split]}])

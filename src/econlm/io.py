@@ -68,22 +68,52 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     return n
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line_number, object) for each non-blank line; bad JSON is a UserError naming the line."""
+_BOMS = {b"\xff\xfe\x00\x00": "UTF-32", b"\x00\x00\xfe\xff": "UTF-32", b"\xff\xfe": "UTF-16", b"\xfe\xff": "UTF-16"}
+
+
+def utf8_lines(path: str | Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text, None) per line of a UTF-8 text file, or (line number, None, why) for a
+    line that is not UTF-8, so a caller can skip it. A whole file in another Unicode encoding, or
+    a binary one, is a UserError: no line of it could be read. A UTF-8 byte-order mark is dropped.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
+    with path.open("rb") as fh:
+        head = fh.read(8192)
+        bom = next((name for mark, name in _BOMS.items() if head.startswith(mark)), None)
+        if bom:
+            raise UserError(f"{path}: is {bom} text; econlm reads UTF-8 (convert it, e.g. iconv -f {bom} -t UTF-8)")
+        if b"\x00" in head:
+            if max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4:  # every other byte NUL
+                raise UserError(f"{path}: is UTF-16 text; econlm reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)")
+            raise UserError(f"{path}: is a binary file, not UTF-8 text")
+        fh.seek(0)
+        for lineno, raw in enumerate(fh, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+                yield lineno, raw.decode("utf-8"), None
+            except UnicodeDecodeError as exc:
+                yield lineno, None, (f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                     "econlm reads UTF-8 text")
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line_number, object) for each non-blank line; bad JSON is a UserError naming the line."""
+    path = Path(path)
+    for lineno, line, problem in utf8_lines(path):
+        if problem:
+            raise UserError(f"{path}:{lineno}: {problem}")
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object")
+        yield lineno, obj
 
 
 OUTPUT_MARKER = ".econlm-output.json"  # written last into every directory `atomic_dir` makes

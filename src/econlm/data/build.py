@@ -15,7 +15,7 @@ from pathlib import Path
 from econlm.data.corpus import load_corpus, split_files
 from econlm.data.templates import TEMPLATES, classify_messages, qa_messages, title_messages
 from econlm.errors import UserError
-from econlm.io import atomic_dir, atomic_write_json, sha256_file, write_jsonl
+from econlm.io import atomic_dir, atomic_write_json, check_out_dir, sha256_file, write_jsonl
 from econlm.types import SPLITS, TASKS, Example, Paper, QAPair
 
 DATASET_MANIFEST = "manifest.json"
@@ -89,12 +89,19 @@ def build_datasets(
     seed: int = 0,
     qa_file: str | Path | None = None,
 ) -> dict:
-    """Write every task x split JSONL plus a manifest; returns the manifest."""
+    """Write every task x split JSONL plus a manifest; returns the manifest.
+
+    Refused before any work: an `out_dir` econlm may not replace (`econlm.io.check_out_dir`), and
+    a corpus that leaves the title and classify tasks no train example.
+    """
     tasks = parse_tasks(tasks)
     if "qa" in tasks and qa_file is None:
         raise UserError("task 'qa' needs --qa-file FILE (question-answer pairs, see `econlm qa synthesize`)")
+    check_out_dir(out_dir)
     corpus = load_corpus(corpus_dir)
     train, dropped = drop_leaks(corpus)
+    if not train and {"title", "classify"} & set(tasks):
+        raise UserError(f"{corpus_dir}: no train papers left: all {dropped} are also in validation or test")
     papers = {"train": train, "validation": corpus["validation"], "test": corpus["test"]}
     pairs = list(QAPair.read_jsonl(qa_file)) if qa_file else []
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from econlm.errors import UserError
+from econlm.io import utf8_lines
 from econlm.types import SPLITS, Paper, _first_error
 
 
@@ -23,19 +24,20 @@ class LoadResult:
 
 
 def load_papers(path: str | Path, skip_invalid: bool = False) -> LoadResult:
-    """Read one corpus JSONL file. The first bad line raises a UserError naming file and line,
-    unless `skip_invalid`, in which case bad lines are counted in `skipped`."""
+    """Read one corpus JSONL file. The first bad line (bad JSON, a record that fails validation, a
+    line that is not UTF-8) raises a UserError naming file and line, unless `skip_invalid`, in
+    which case bad lines are counted in `skipped`. A file without records is refused: an empty
+    split would make an empty dataset or evaluation without a word."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
     papers: list[Paper] = []
     skipped: list[str] = []
     seen: dict[str, int] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            problem = None
+    records = 0
+    for lineno, line, problem in utf8_lines(path):
+        if line is not None and not line.strip():
+            continue
+        records += 1
+        if problem is None:
             try:
                 obj = json.loads(line)
                 if not isinstance(obj, dict):
@@ -50,14 +52,16 @@ def load_papers(path: str | Path, skip_invalid: bool = False) -> LoadResult:
                     problem = f"invalid JSON ({exc.msg})"
                 else:
                     problem = "expected a JSON object"
-            if problem:
-                message = f"{path}:{lineno}: {problem}"
-                if not skip_invalid:
-                    raise UserError(message)
-                skipped.append(message)
-                continue
-            seen[paper.arxiv_id] = lineno
-            papers.append(paper)
+        if problem:
+            message = f"{path}:{lineno}: {problem}"
+            if not skip_invalid:
+                raise UserError(message)
+            skipped.append(message)
+            continue
+        seen[paper.arxiv_id] = lineno
+        papers.append(paper)
+    if not records:
+        raise UserError(f"{path}: is empty (no records); a corpus file holds one JSON paper per line")
     return LoadResult(papers, skipped)
 
 
