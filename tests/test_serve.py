@@ -5,15 +5,21 @@ keeps serving; a full wait queue is a 503, never a lost request; a bounded load 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
 from econlm.backends import Decoding, get_backend
 from econlm.backends.llamacpp import LlamaCppBackend
 from econlm.backends.openai import OpenAIBackend
+from econlm.cli import cli
 from econlm.serve import ServerLimits, create_app, load_test, serving
 from fakes import FakeBackend
 from gguf_models import tiny_gguf
@@ -162,3 +168,51 @@ def test_bounded_load_test_loses_no_request(base_url, capsys):
     assert report["lost"] == 0 and report["ok"] == 200, report["failures"]
     with capsys.disabled():
         print(f"\nserve load test (tiny model): {report['ok']}/200 ok, p50 {report['p50_s']}s, p95 {report['p95_s']}s")
+
+
+def test_help_names_the_default_bind_and_the_key():
+    result = CliRunner().invoke(cli, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "127.0.0.1" in result.output and "only with --api-key" in result.output
+    assert "--api-key" in result.output and "ECONLM_API_KEY" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_command_takes_the_key_from_the_environment(tmp_path):
+    """The real command, a key from $ECONLM_API_KEY; the backend is an `openai:` endpoint that is
+    never called, so nothing loads."""
+    port = free_port()
+    env = {**os.environ, "ECONLM_API_KEY": "env-key", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    server = subprocess.Popen([sys.executable, "-m", "econlm.cli", "serve", "--model", "openai:remote", "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert server.poll() is None and time.monotonic() < deadline, server.communicate()[0] if server.poll() is not None else "no start"
+                time.sleep(0.1)
+        assert httpx.get(f"{url}/v1/models", timeout=5).status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer env-key"}, timeout=5).json()["data"][0]["id"] == "econlm"
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "warning" not in output and "env-key" not in output
+
+
+def test_serving_beyond_this_machine_without_a_key_warns():
+    """192.0.2.1 (TEST-NET-1) is no address of this machine: the warning comes, then the bind fails."""
+    env = {**os.environ, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    env.pop("ECONLM_API_KEY", None)
+    result = subprocess.run([sys.executable, "-m", "econlm.cli", "serve", "--model", "openai:remote", "--host", "192.0.2.1", "--port", str(free_port())],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "warning: serving on 192.0.2.1 without --api-key" in result.stderr

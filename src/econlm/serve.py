@@ -283,19 +283,20 @@ class ModelServer:
             await self._ensure_connected(request, "while its request waited for the model")
             await self._call(self._check_prompt_tokens, lambda: [self.backend.chat_prompt(conversation)])
             replies = (await self._call(self.backend.chat, [conversation], decoding))[0]
-        body = {
-            "id": completion_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": [
-                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": self._finish_reason(text, decoding.max_new_tokens)}
-                for i, text in enumerate(replies)
-            ],
-        }
-        if (usage := self._usage(lambda: self.backend.chat_prompt(conversation), replies)) is not None:
-            body["usage"] = usage
-        return JSONResponse(body)
+            # Token counts too hold the model turn: a tokenizer is no safer to share than the model.
+            body = {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": [
+                    {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": self._finish_reason(text, decoding.max_new_tokens)}
+                    for i, text in enumerate(replies)
+                ],
+            }
+            if (usage := self._usage(lambda: self.backend.chat_prompt(conversation), replies)) is not None:
+                body["usage"] = usage
+            return JSONResponse(body)
 
     async def _chat_events(self, completion_id: str, conversation: list[dict[str, str]], decoding: Decoding) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's chunk format; the model turn lasts the whole stream.
@@ -355,20 +356,20 @@ class ModelServer:
             for start in range(0, len(prompts), self.backend.batch_size):
                 await self._ensure_connected(request, f"after {start} of {len(prompts)} prompts")
                 replies += await self._call(self.backend.complete, prompts[start: start + self.backend.batch_size], decoding, stop)
-        choices = []
-        for p_index, texts in enumerate(replies):
-            for text in texts:
-                choices.append({"index": len(choices), "text": text, "logprobs": None, "finish_reason": self._finish_reason(text, decoding.max_new_tokens)})
-        body = {
-            "id": f"cmpl-{uuid.uuid4().hex}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": choices,
-        }
-        if (usage := self._usage(lambda: "".join(prompts), [c["text"] for c in choices])) is not None:
-            body["usage"] = usage
-        return JSONResponse(body)
+            choices = []
+            for texts in replies:
+                for text in texts:
+                    choices.append({"index": len(choices), "text": text, "logprobs": None, "finish_reason": self._finish_reason(text, decoding.max_new_tokens)})
+            body = {
+                "id": f"cmpl-{uuid.uuid4().hex}",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "choices": choices,
+            }
+            if (usage := self._usage(lambda: "".join(prompts), [c["text"] for c in choices])) is not None:
+                body["usage"] = usage
+            return JSONResponse(body)
 
     async def models(self, request):
         from starlette.responses import JSONResponse
