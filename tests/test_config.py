@@ -50,6 +50,21 @@ def test_unknown_section_is_rejected(tmp_path):
         load_config(path)
 
 
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"", r"is empty; give the sections to set"),
+    (b"# only a comment\n", r"is empty; give the sections to set"),
+    (b"train:\n  max_steps: [1\n", r":3:1: invalid YAML \(expected ',' or '\]', but got '<stream end>'\)$"),
+    (b"train: {max_steps: 1}\nlora: \xe9\n", r"not UTF-8 text \(byte 0xe9 at offset 28\)$"),
+    (b"- model\n- train\n", r"expected a mapping of sections"),
+], ids=["empty", "comments only", "syntax error", "latin-1", "a list"])
+def test_a_config_that_says_nothing_usable_is_a_one_line_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "mine.yaml"
+    path.write_bytes(text)
+    with pytest.raises(UserError, match=f"^{path}.*{message}") as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
 def test_set_overrides_are_dotted_and_typed():
     config = load_config("debug", ["train.max_steps=3", "data.tasks.title=0.5", "lora.target_modules=[q_proj, v_proj]"])
     assert config.train.max_steps == 3

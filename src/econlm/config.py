@@ -198,9 +198,16 @@ def load_config(name_or_path: str | Path = DEFAULT_PRESET, overrides: list[str] 
     """Read a preset or YAML file, apply `--set` overrides, validate."""
     path = preset_path(name_or_path)
     try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"{path}: invalid YAML ({exc})") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise UserError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', None) or ' '.join(str(exc).split())})") from None
+    if tree is None:  # training every default without a word is not what an empty file asks for
+        raise UserError(f"{path}: is empty; give the sections to set (model, lora, data, train), e.g. start "
+                        f"from a preset (econlm train --config {DEFAULT_PRESET})")
     if not isinstance(tree, dict):
         raise UserError(f"{path}: expected a mapping of sections (model, lora, data, train)")
     _paths_relative_to(tree, path.parent)

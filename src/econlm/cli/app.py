@@ -78,11 +78,13 @@ def build(corpus: Path | None, out: Path | None, splits: str, index_type: str, l
     """
     import time
 
+    from econlm.io import check_out_dir
     from econlm.rag.embeddings import MiniLMEmbedder
     from econlm.rag.store import PAPERS_INDEX, build_papers_index, index_dir
 
     started = time.perf_counter()
     target = out if out is not None else index_dir(PAPERS_INDEX)
+    check_out_dir(target)  # before the embedding model loads and the corpus is embedded
     built = build_papers_index(resolve_corpus(corpus), target, MiniLMEmbedder(),
                                splits=[s.strip() for s in splits.split(",") if s.strip()],
                                index_type=index_type, limit=limit)

@@ -79,8 +79,8 @@ def build(corpus: Path | None, tasks: str, qa_file: Path | None, seed: int, out:
     """Instruction datasets in chat `messages` format, one JSONL per task and split.
 
     Reads CORPUS/{train,validation,test}.jsonl (and --qa-file); writes OUT/<task>/<split>.jsonl
-    and OUT/manifest.json (hashes, templates, counts). The output directory is replaced
-    atomically. Train examples never come from validation/test papers.
+    and OUT/manifest.json (hashes, templates, counts). OUT is replaced atomically, and only if
+    it is empty or econlm wrote it. Train examples never come from validation/test papers.
     """
     import time
 
