@@ -213,6 +213,32 @@ def test_bad_request_gets_a_json_4xx_and_the_server_keeps_serving(base_url, kind
     assert_good_request_served(base_url)
 
 
+def test_a_declared_length_beyond_the_limit_is_refused_before_the_body(base_url):
+    conn = raw_exchange(base_url, post_head(CHAT, 10 * LIMITS.max_body_bytes))
+    with conn, conn.makefile("rb") as reply:
+        status_line = reply.readline()
+        headers = {}
+        while (line := reply.readline().strip()):
+            name, _, value = line.decode().partition(":")
+            headers[name.lower()] = value.strip()
+        body = json.loads(reply.read(int(headers["content-length"])))
+    assert status_line.startswith(b"HTTP/1.1 413") and "request body over" in body["error"]["message"]
+    assert_good_request_served(base_url)
+
+
+def test_a_chunked_body_beyond_the_limit_is_cut_off(base_url):
+    def chunks():
+        yield b'{"model": "econlm", "messages": [{"role": "user", "content": "'
+        for _ in range(LIMITS.max_body_bytes // 1000 + 1):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    response = httpx.post(f"{base_url}{CHAT}", content=chunks(), headers=JSON, timeout=30)
+    assert "content-length" not in response.request.headers  # sent chunked, no length declared
+    assert_openai_error(response, 413, "request body over")
+    assert_good_request_served(base_url)
+
+
 @pytest.mark.parametrize(("method", "route", "status"), [("GET", CHAT, 405), ("DELETE", "/v1/models", 405), ("GET", "/v1/nothing", 404)])
 def test_wrong_route_or_method_is_a_json_error(base_url, method, route, status):
     response = httpx.request(method, f"{base_url}{route}", timeout=30)
