@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve_corpus, warn_deprecated
+from econlm.evaluate import PROMPTINGS
+from econlm.types import SPLITS
 
 
 @main.command("eval")
@@ -19,18 +21,20 @@ from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve
 @click.option("--backend", "backend_kind", type=click.Choice(["transformers", "llamacpp"]), default=None, hidden=True,
               help="Deprecated: use --model ENGINE:MODEL.")
 @click.option("--task", required=True, help="title, classify, or qa (Q&A and MMLU-econ; more options: econlm qa eval).")
-@click.option("--split", default="test", show_default=True, help="Corpus split to evaluate on.")
-@click.option("--limit", type=int, default=None, help="Evaluate a seeded random subset of N papers.")
-@click.option("--prompting", default="auto", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Corpus split to evaluate on.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate a seeded random subset of N papers.")
+@click.option("--prompting", type=click.Choice(PROMPTINGS), default="auto", show_default=True,
               help="zero-shot (chat template + training prompt), one-shot (completion prompt with one train "
                    "example), few-shot (the published paper's baselines: 5 train examples for titles, one per "
                    "category for classification, before the query), or auto (zero-shot if the model has a chat template).")
-@click.option("--shots", type=int, default=None, help="With --prompting few-shot: how many train examples [5 titles, 3 classify].")
-@click.option("--batch-size", default=16, show_default=True, help="Examples per forward pass.")
-@click.option("--dtype", default="float32", show_default=True, help="float32 or bfloat16 (Gemma needs float32).")
-@click.option("--max-new-tokens", default=40, show_default=True, help="Title generation length limit.")
-@click.option("--temperature", default=0.0, show_default=True, help="0 = greedy decoding.")
-@click.option("--top-p", default=1.0, show_default=True, help="Nucleus sampling (with --temperature > 0).")
+@click.option("--shots", type=click.IntRange(1), default=None, help="With --prompting few-shot: how many train examples [5 titles, 3 classify].")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True, help="Examples per forward pass.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="float32 or bfloat16 (Gemma needs float32).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=40, show_default=True, help="Title generation length limit.")
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy decoding.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling (with --temperature > 0).")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling, --limit subsets and the shot examples.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 def eval_(corpus, spec, backend_kind, task, split, limit, prompting, shots, batch_size, dtype, max_new_tokens, temperature,
@@ -45,7 +49,9 @@ def eval_(corpus, spec, backend_kind, task, split, limit, prompting, shots, batc
     """
     from econlm.backends import Decoding, EngineSpec
     from econlm.evaluate import check_task, evaluate, load_backend
+    from econlm.io import check_out_dir
 
+    check_out_dir(out)  # before the model loads: a refused --out would waste the whole run
     if backend_kind is not None:
         warn_deprecated(f"--backend {backend_kind}", f"--model {backend_kind}:{spec.model_text}")
         spec = EngineSpec.of(backend_kind, spec.model)
