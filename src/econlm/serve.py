@@ -17,7 +17,7 @@ Because one request holds the model, what a request may cost is capped (prompts 
 generated and prompt tokens per request) and a request whose client has left stops generating at
 the next prompt batch or stream chunk. POST bodies must be `application/json`, so a web page
 cannot post to the server without a CORS preflight (which the server never grants). With an API
-key, every /v1 route needs `Authorization: Bearer KEY`.
+key, every route but /health needs `Authorization: Bearer KEY`.
 
 For a GPU cluster, serve the base model with the LoRA adapter in vLLM instead (docs/serving.md):
 the same clients work against it.
