@@ -42,8 +42,10 @@ INDEX_FILE = "index.faiss"
 CHUNKS_FILE = "chunks.jsonl"
 INDEX_TYPES = ("flat", "hnsw")
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 200
-HNSW_EF_SEARCH = 128  # recall@10 >= 0.95 at 100k chunks in `econlm bench rag`
+# 64, not 200: at 50k synthetic vectors it builds 2.5x faster (51 s vs 127 s, one run beside other
+# work) for the same recall@10 from efSearch 32 up (0.999 vs 0.9945), so a 1M index builds in minutes.
+HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_SEARCH = 64  # hybrid search asks for 50 candidates, which FAISS takes as the least efSearch
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PAPERS_INDEX = "papers"
 
