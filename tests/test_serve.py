@@ -183,9 +183,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_serve_command_takes_the_key_from_the_environment(tmp_path):
+def test_serve_command_takes_the_key_from_the_environment():
     """The real command, a key from $ECONLM_API_KEY; the backend is an `openai:` endpoint that is
-    never called, so nothing loads."""
+    never called, so nothing loads. A half-sent body is one line of its log."""
     port = free_port()
     env = {**os.environ, "ECONLM_API_KEY": "env-key", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
     server = subprocess.Popen([sys.executable, "-m", "econlm.cli", "serve", "--model", "openai:remote", "--port", str(port)],
@@ -202,10 +202,17 @@ def test_serve_command_takes_the_key_from_the_environment(tmp_path):
                 time.sleep(0.1)
         assert httpx.get(f"{url}/v1/models", timeout=5).status_code == 401
         assert httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer env-key"}, timeout=5).json()["data"][0]["id"] == "econlm"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as half:
+            half.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer env-key\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"model": "econlm"' + b" " * 22)
+        assert httpx.get(f"{url}/health", timeout=5).status_code == 200
     finally:
         server.terminate()
         output = server.communicate(timeout=30)[0]
-    assert "warning" not in output and "env-key" not in output
+    assert "warning" not in output and "env-key" not in output and "Traceback" not in output
+    assert [line for line in output.splitlines() if "the client left" in line] == [
+        "INFO:     POST /v1/chat/completions: the client left after 40 bytes of the request body; stopped, nothing sent"
+    ]
 
 
 def test_serving_beyond_this_machine_without_a_key_warns():
