@@ -44,8 +44,8 @@ with st.container(border=True):
         for line in report.errors:
             st.error(line)
 
-for row in indexes:
-    if row["status"] != "ok":
+for row in indexes:  # manifests only (read on every rerun); loading the chosen index checks its files
+    if row["status"].startswith("broken"):
         st.warning(f"Index '{row['name']}' cannot be used: {row['status']} "
                    f"(remove it with `econlm index delete {row['name']}`)")
 
