@@ -60,9 +60,9 @@ def test_answer_cites_the_passages_it_was_given(retriever):
     assert result.prompt_version == rag_answer.RAG.id
 
 
-def test_finalize_separates_unsupported_citations(retriever):
+def test_the_reply_as_written_separates_unsupported_citations(retriever):
     hits = retriever.search("inflation", k=1)
-    result = rag_answer.finalize("Rates rise [Econ.pdf, page 1] and [made-up.pdf, p. 9].", hits)
+    result = rag_answer.cite_reply("Rates rise [Econ.pdf, page 1] and [made-up.pdf, p. 9].", hits)
     assert result.citations == ["[econ.pdf, p. 1]"] and result.unsupported_citations == ["[made-up.pdf, p. 9]"]
 
 
@@ -115,7 +115,7 @@ def test_copied_sentences_are_cited_after_the_fact(retriever):
         "Central banks raise interest rates to bring inflation back to 2.5 percent of target.\n"
         "I am not sure about anything else. Minimum wage increases had small effects [econ.pdf, p. 2]!"
     )
-    result = rag_answer.finalize(reply, hits)
+    result = rag_answer.cite_reply(reply, hits)
     assert result.text.startswith("Central banks raise interest rates to bring inflation back to 2.5 percent of target [econ.pdf, p. 1].\n")
     assert "I am not sure about anything else. Minimum" in result.text  # unsupported sentence left uncited
     assert result.citations == ["[econ.pdf, p. 1]", "[econ.pdf, p. 2]"] and result.attributed == ["[econ.pdf, p. 1]"]

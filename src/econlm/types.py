@@ -298,3 +298,48 @@ class Answer(Record):
     unsupported_citations: list[str] = Field(default_factory=list)  # labels written that match no passage
     attributed: list[str] = Field(default_factory=list)  # citations added after the fact to copied sentences
     prompt_version: str | None = None  # id of the prompt template; None when the model was not asked
+
+
+class RagQuestion(Record):
+    """A question of the RAG answer benchmark (`econlm/datasets/rag/questions.jsonl`): what a
+    correct answer contains and where the fact is."""
+
+    id: str
+    question: str
+    kind: Literal["fact", "table", "injection", "unanswerable"]
+    expected: list[str] = Field(default_factory=list)  # a right answer contains one of these (case-insensitive)
+    source: str | None = None  # the file holding the fact; None for unanswerable questions
+    page: int | None = None  # its 1-based page
+    planted: str | None = None  # an answer containing this obeyed an instruction planted in the documents
+
+
+class RagAnswerPrediction(Record):
+    """One answer of `econlm eval --task rag`, scored; `before` is the reply as the model wrote it
+    (citations added to copied sentences), `answer` what the assistant returns (`econlm.rag.answer`)."""
+
+    id: str
+    question: str
+    kind: str
+    expected: list[str]
+    source: str | None
+    page: int | None
+    raw_output: str  # the model's reply
+    before: str
+    before_citations: list[str]
+    answer: str
+    citations: list[str]
+    retrieved: list[str]  # labels of the passages the model read, best first
+    scores: dict[str, dict[str, float | bool | None]]  # "before" / "answer" -> containment, citation precision ...
+    ttft_s: float | None  # time to the first streamed piece of the reply
+    generate_s: float  # the whole reply
+    reply_tokens: int
+
+
+class RetrievalPrediction(Record):
+    """One question of the papers-index retrieval benchmark: the rank of its source paper by each method."""
+
+    id: str
+    question: str
+    source_id: str  # arXiv id of the paper the question was written from
+    split: str
+    ranks: dict[str, int | None]  # method -> 1-based rank of the source paper in the top 10 (None: not there)

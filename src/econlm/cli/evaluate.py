@@ -20,7 +20,8 @@ from econlm.types import SPLITS
                    "(extra [fast]), title and classify.")
 @click.option("--backend", "backend_kind", type=click.Choice(["transformers", "llamacpp"]), default=None, hidden=True,
               help="Deprecated: use --model ENGINE:MODEL.")
-@click.option("--task", required=True, help="title, classify, or qa (Q&A and MMLU-econ; more options: econlm qa eval).")
+@click.option("--task", required=True, help="title, classify, qa (Q&A and MMLU-econ; more options: econlm qa eval), "
+                                           "or rag (retrieval over the papers index, cited answers over the benchmark documents).")
 @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True, help="Corpus split to evaluate on.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate a seeded random subset of N papers.")
 @click.option("--prompting", type=click.Choice(PROMPTINGS), default="auto", show_default=True,
@@ -66,6 +67,16 @@ def eval_(corpus, spec, backend_kind, task, split, limit, prompting, shots, batc
         report = evaluate_qa(load_backend(spec, batch_size=batch_size, dtype=dtype), out, resolve_corpus(corpus),
                              split=split, limit=limit, decoding=decoding, seed=seed)
         echo_qa_report(report, out)
+        return
+    if task == "rag":  # retrieval and answers with citations live in econlm.rag.evaluate
+        from econlm.rag.evaluate import echo_rag_report, evaluate_rag
+        from econlm.rag.store import PAPERS_INDEX, index_dir
+
+        papers = index_dir(PAPERS_INDEX)
+        report = evaluate_rag(load_backend(spec, batch_size=1, dtype=dtype), out, limit=limit,
+                              papers_index=papers if papers.is_dir() else None,
+                              corpus_dir=resolve_corpus(corpus) if papers.is_dir() else None)
+        echo_rag_report(report, out)
         return
     check_task(task)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
@@ -174,4 +185,34 @@ def reproduce(corpus, preset, train, seed, out, report_out):
 
     path = run(resolve_corpus(corpus), out or Path("out") / f"reproduce-{preset}", preset_name=preset, train=train,
                report_dir=report_out, seed=seed)
+    click.echo(f"wrote {path}")
+
+
+@bench.command("rag-quality")
+@corpus_option
+@click.option("--model", "specs", multiple=True, required=True,
+              help="ENGINE:MODEL of an answer model (repeat the option; all run one after another in this process).")
+@click.option("--papers-index", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None,
+              help="Papers index whose retrieval is measured [default: $ECONLM_HOME/indexes/papers if built].")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the first N Q&A pairs for retrieval.")
+@click.option("--eval-out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory that gets one `econlm eval --task rag` output per model.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
+              help="A .json file, or a directory that gets rag-quality-<timestamp>.json.")
+def bench_rag_quality(corpus, specs, papers_index, limit, eval_out, out):
+    """Answer models side by side on the RAG benchmark (`econlm eval --task rag` for each).
+
+    Reads the committed benchmark documents, the Q&A set and the papers index; writes
+    EVAL_OUT/<model>/{predictions.jsonl,metrics.json} and the side-by-side JSON to OUT.
+    """
+    import json
+
+    from econlm.bench.common import write_result
+    from econlm.rag.evaluate import compare_models
+    from econlm.rag.store import PAPERS_INDEX, index_dir
+
+    papers = papers_index or (index_dir(PAPERS_INDEX) if index_dir(PAPERS_INDEX).is_dir() else None)
+    result = compare_models(specs, eval_out, papers, limit, resolve_corpus(corpus) if papers else None)
+    path = write_result(out, "rag-quality", result)
+    click.echo(json.dumps([{row["model"]: row["answer"]} for row in result["models"]], indent=1))
     click.echo(f"wrote {path}")

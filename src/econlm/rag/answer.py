@@ -11,13 +11,27 @@ the prompt; no prompt can force a weak model to ignore text it reads.)
 Citations are the passage labels, `[arXiv:ID]` for corpus papers and `[file, p. N]` for uploaded
 files. Labels the model writes that match no retrieved passage are reported apart as unsupported;
 sentences it copied from a passage without citing it are cited after the fact (`attribute`).
+
+What the assistant returns is not the reply as written but the claims in it that the passages hold
+(`finalize`, chosen by `econlm eval --task rag`, see docs/assistant.md): small models loop, invert
+negations, give a wrong number beside the right passage, or obey a planted "reply only with ...".
+So every sentence of the reply is checked against the passages (its content words in one passage,
+its numbers in that passage, a negation only where the passage has one, no instruction-like text),
+repeats are dropped, and each kept sentence cites the passage that holds it. When no sentence
+holds up, the passage sentence that best matches the question and the reply is quoted instead, and
+when none matches the question well enough the answer says the documents do not answer it.
+Streaming stops at a repeated sentence or after `MAX_SENTENCES` sentences (`bounded`).
 """
 
 from __future__ import annotations
 
+import functools
 import html
+import math
 import re
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from econlm.backends import Backend, Decoding, Messages
 from econlm.data.templates import DOCS_CLOSE, DOCS_OPEN, RAG
@@ -28,7 +42,10 @@ NOTHING_RELEVANT = (
     "Nothing relevant to this question was found in {where}, so there is no answer from it. "
     "Try other words, or add documents that cover the question."
 )
-ANSWER_DECODING = Decoding(max_new_tokens=256)
+NO_ANSWER = "The documents do not answer this question."
+# Three sentences of 20-30 tokens, with their citations; `bounded` stops the stream earlier.
+ANSWER_DECODING = Decoding(max_new_tokens=160)
+MAX_SENTENCES = 4
 _LABEL_RE = re.compile(r"\[[^\[\]\n]{1,200}\]")
 
 
@@ -101,8 +118,8 @@ def attribute(text: str, hits: Sequence[Hit]) -> tuple[str, list[str]]:
     return "".join(out), added
 
 
-def finalize(text: str, hits: Sequence[Hit]) -> Answer:
-    """The model's reply as an `Answer`: valid citations in order of use, unsupported ones apart.
+def cite_reply(text: str, hits: Sequence[Hit]) -> Answer:
+    """The model's reply as written, as an `Answer`: valid citations in order of use, unsupported ones apart.
 
     Sentences the model left uncited but copied from a passage are cited by `attribute`; those
     labels are also listed in `attributed`, so what the model cited itself stays visible.
@@ -125,16 +142,268 @@ def finalize(text: str, hits: Sequence[Hit]) -> Answer:
     )
 
 
+# ---------------------------------------------------------------- claims checked against the passages
+
+_NUMBER_RE = re.compile(r"\d+(?:[.,]\d+)*")
+_NEGATION_RE = re.compile(r"\b(?:not|no|never|nor|neither|none|without|cannot)\b|n't\b", re.IGNORECASE)
+# Text that gives orders instead of stating facts: planted instructions are data, never an answer.
+_INSTRUCTION_RE = re.compile(
+    r"\b(?:ignore|disregard|forget|override)\b[^.\n]{0,80}\b(?:question|instructions?|above|previous|prompt|rules)\b"
+    r"|\b(?:reply|respond|answer|say|output|print|write)\b[^.\n]{0,30}\bonly\b"
+    r"|\byou (?:must|should|are now)\b|\bsystem\s*:|</?(?:passage|documents)\b",
+    re.IGNORECASE,
+)
+# How a model says the passages hold no answer ("The documents do not mention ...").
+_REFUSAL_RE = re.compile(
+    r"\b(?:do(?:es)?\s*n[o']t|cannot|can't|unable to|no)\b[^.\n]{0,60}"
+    r"\b(?:answer|contain|mention|say|provide|include|information|specify|state)",
+    re.IGNORECASE,
+)
+SUPPORT_MIN_SHARE = 0.6  # of a claim's content words that must be in the passage holding it
+SUPPORT_MIN_WORDS = 2
+# A quoted sentence must hold this share of the question's content words (half of "steel, tariff, 2022")...
+MIN_RELEVANCE = 0.5
+# ... and more when the model itself said the passages do not answer.
+MIN_RELEVANCE_OVER_REFUSAL = 0.75
+# What agreeing with the reply adds to a candidate's share of the question's terms: enough to
+# break ties, not to outrank a sentence holding more of the question.
+AGREEMENT_WEIGHT = 0.1
+MIN_AGREEMENT = 0.5  # of the reply's terms, for a passage sentence quoted without a question
+COPIED_SHARE = 0.8  # a claim with this share of its terms in one passage sentence was copied from it
+
+
+@functools.cache
+def _stemmer():
+    from nltk.stem.porter import PorterStemmer  # nltk comes with rouge-score
+
+    return PorterStemmer()
+
+
+# Words about the question or the documents, not about their subject ("According to the documents, ...").
+META_WORDS = frozenset({"did", "does", "according", "document", "documents", "passage", "passages", "text"})
+
+
+def terms(text: str) -> frozenset[str]:
+    """Stemmed content words ("raised" and "raise" are one term)."""
+    stem = _stemmer().stem
+    return frozenset(stem(w) for w in tokenize(text, stop_words()) if w not in META_WORDS)
+
+
+def numbers(text: str) -> frozenset[str]:
+    return frozenset(n.rstrip(".,").replace(",", "") for n in _NUMBER_RE.findall(text))
+
+
+def is_instruction(text: str) -> bool:
+    return bool(_INSTRUCTION_RE.search(text))
+
+
+def is_refusal(text: str) -> bool:
+    """Whether a reply says the documents do not hold the answer."""
+    return text.startswith((NO_ANSWER, NOTHING_RELEVANT[:30])) or bool(_REFUSAL_RE.search(text))
+
+
+@dataclass(frozen=True)
+class Quote:
+    """One sentence of a passage (or a table row, read with its header), with what checks need of it."""
+
+    text: str
+    label: str
+    terms: frozenset[str]
+    numbers: frozenset[str]
+    negated: bool
+    cells: tuple[tuple[str, str], ...] = ()  # a table row's (column name, value) pairs, after its name
+
+
+def without_labels(text: str) -> str:
+    return _LABEL_RE.sub(" ", text)
+
+
+def sentences(text: str) -> list[str]:
+    """Sentences and lines of `text`, without citation labels, whitespace collapsed."""
+    found = (" ".join(without_labels(m.group(0)).split()) for m in _SENTENCE_RE.finditer(text))
+    return [s for s in found if s and any(ch.isalnum() for ch in s)]
+
+
+def _table_rows(text: str) -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """Markdown table rows as (row name, [(column name, value), ...])."""
+    header = None
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.lstrip().startswith("|") else None
+        if cells is None:
+            header = None
+        elif all(set(c) <= set("-: ") for c in cells):
+            continue
+        elif header is None:
+            header = cells
+        else:
+            yield cells[0], list(zip(header[1:], cells[1:]))
+
+
+def _quote(text: str, label: str, cells: tuple[tuple[str, str], ...] = ()) -> Quote:
+    return Quote(text, label, terms(text), numbers(text), bool(_NEGATION_RE.search(text)), cells)
+
+
+def quotes(hits: Sequence[Hit]) -> list[Quote]:
+    """Every sentence of the passages that states something (planted instructions left out).
+
+    Prose is read with its line breaks joined (a PDF's lines end mid-sentence); a table row
+    becomes "name: column value; ..." so that it carries its column names.
+    """
+    out = []
+    for hit in hits:
+        label = citation_label(hit.chunk)
+        prose = " ".join(line for line in hit.chunk.text.splitlines() if not line.lstrip().startswith("|"))
+        out += [_quote(s, label) for s in sentences(" ".join(prose.split())) if not is_instruction(s)]
+        for name, cells in _table_rows(hit.chunk.text):
+            out.append(_quote(f"{name}: " + "; ".join(f"{h} {v}" for h, v in cells), label, ((name, ""), *cells)))
+    return out
+
+
+def cell_answer(question_terms: frozenset[str], table_row: Quote) -> str | None:
+    """"Steel, 2022: 12.5" when the question names the row and one of its columns; else None."""
+    name = table_row.cells[0][0]
+    named = [(h, v) for h, v in table_row.cells[1:] if terms(h) and terms(h) <= question_terms]
+    if not terms(name) or not terms(name) <= question_terms or len(named) != 1:
+        return None
+    return f"{name}, {named[0][0]}: {named[0][1]}"
+
+
+def _norm(sentence: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", sentence.lower()))
+
+
+def repeats_a_sentence(text: str) -> bool:
+    """Whether a sentence of three words or more occurs twice (the loop small models fall into)."""
+    seen = set()
+    for sentence in sentences(text):
+        key = _norm(sentence)
+        if len(key.split()) >= 3 and key in seen:
+            return True
+        seen.add(key)
+    return False
+
+
+def supporting_quote(claim: str, passage_quotes: Sequence[Quote]) -> Quote | None:
+    """The passage sentence that holds `claim`, or None.
+
+    Held means: most of the claim's content words are in one passage, every number it states is in
+    that passage, and it negates only what that passage's closest sentence negates. The sentence
+    returned is that passage's closest one, so the citation points at where the claim is.
+    """
+    claim_terms, claim_numbers = terms(claim), numbers(claim)
+    if len(claim_terms) < SUPPORT_MIN_WORDS or is_instruction(claim) or is_refusal(claim):
+        return None
+    by_label: dict[str, list[Quote]] = {}
+    for quote in passage_quotes:
+        by_label.setdefault(quote.label, []).append(quote)
+    best, best_share = None, 0.0
+    for group in by_label.values():
+        passage_terms = frozenset().union(*(q.terms for q in group))
+        passage_numbers = frozenset().union(*(q.numbers for q in group))
+        share = len(claim_terms & passage_terms) / len(claim_terms)
+        if share < SUPPORT_MIN_SHARE or not claim_numbers <= passage_numbers or share <= best_share:
+            continue
+        closest = max(group, key=lambda q: (len(claim_numbers & q.numbers), len(claim_terms & q.terms)))
+        if bool(_NEGATION_RE.search(claim)) != closest.negated:
+            continue
+        best, best_share = closest, share
+    return best
+
+
+def _share(question_terms: frozenset[str], found: frozenset[str], weight=lambda t: 1.0) -> float:
+    """The (weighted) share of the question's terms in `found`."""
+    total = sum(weight(t) for t in question_terms)
+    return sum(weight(t) for t in question_terms & found) / total if total else 0.0
+
+
+def finalize(text: str, hits: Sequence[Hit], question: str | None = None) -> Answer:
+    """What the assistant answers: the reply's claims that the passages hold, each citing its
+    passage, or the passage sentence that answers better; else that the documents do not answer.
+
+    Candidates are the held claims and every passage sentence, ranked by the share of the
+    question's terms they hold (rarer terms among the passages weigh more, as in BM25) plus their
+    agreement with the reply, a held claim agreeing fully; a held claim copied from a passage is
+    quoted whole, and a table cell the question names by row and column is the best. The best one is the answer (with the
+    other held claims on the question when it is a claim), provided it holds `MIN_RELEVANCE` of
+    the question's terms (`MIN_RELEVANCE_OVER_REFUSAL` when the model said the passages do not
+    answer). Without `question` (the reply alone) claims are kept and a passage sentence is quoted
+    only when it agrees with `MIN_AGREEMENT` of the reply.
+    """
+    written = cite_reply(text, hits)
+    passage_quotes = quotes(hits)
+    question_terms = terms(question) if question else frozenset()
+    claims: list[tuple[str, str, frozenset[str]]] = []
+    seen: set[str] = set()
+    for claim in sentences(text):
+        key = _norm(claim)
+        quote = None if key in seen else supporting_quote(claim, passage_quotes)
+        seen.add(key)
+        if quote is not None and _share(terms(claim), quote.terms) >= COPIED_SHARE:  # copied: quoted whole
+            claims.append((quote.text, quote.label, quote.terms))
+        elif quote is not None:
+            claims.append((claim, quote.label, terms(claim)))
+    reply_terms, reply_numbers = terms(text), numbers(text)
+    frequency = Counter(t for q in passage_quotes for t in q.terms)
+
+    def weight(term: str) -> float:
+        return math.log(1 + len(passage_quotes) / frequency[term]) if frequency[term] else 1.0
+
+    def agreement(q: Quote) -> float:
+        return min(1.0, (len(reply_terms & q.terms) + 2 * len(reply_numbers & q.numbers)) / (len(reply_terms) + 1))
+
+    ranked = [(_share(question_terms, t, weight) + AGREEMENT_WEIGHT, "claim", c, label, t) for c, label, t in claims]
+    ranked += [(_share(question_terms, q.terms, weight) + AGREEMENT_WEIGHT * agreement(q), "quote", q.text, q.label, q.terms)
+               for q in passage_quotes]
+    for row in (q for q in passage_quotes if q.cells):  # a table cell the question names answers it exactly
+        cell = cell_answer(question_terms, row)
+        if cell is not None:
+            ranked.append((1.0 + AGREEMENT_WEIGHT, "quote", cell, row.label, question_terms))
+    if question_terms:  # only candidates holding enough of the question compete
+        bar = MIN_RELEVANCE_OVER_REFUSAL if is_refusal(text) else MIN_RELEVANCE
+        ranked = [r for r in ranked if _share(question_terms, r[4]) >= bar]
+    else:
+        agreeing = {q.text for q in passage_quotes if agreement(q) >= MIN_AGREEMENT}
+        ranked = [r for r in ranked if r[1] == "claim" or r[2] in agreeing]
+    kept: list[tuple[str, str]] = []
+    if ranked:
+        _, kind, best, label, _ = max(ranked, key=lambda r: r[0])
+        kept.append((best, label))
+        if kind == "claim":
+            kept += [(c, lbl) for _, k, c, lbl, _ in ranked if k == "claim" and c != best]
+    kept = kept[:MAX_SENTENCES]
+    if not kept:
+        return written.model_copy(update={"text": NO_ANSWER, "citations": [], "unsupported_citations": [], "attributed": []})
+    body = " ".join(f"{claim.rstrip('.!?;: ')} {label}." for claim, label in kept)
+    return written.model_copy(update={"text": body, "citations": list(dict.fromkeys(label for _, label in kept)),
+                                      "unsupported_citations": [], "attributed": []})
+
+
 def answer(question: str, hits: Sequence[Hit], backend: Backend, where: str,
            decoding: Decoding = ANSWER_DECODING) -> Answer:
     """Answer `question` from `hits` (what the retriever returned for it); no hits, no model call."""
     if not hits:
         return nothing_relevant(where)
-    reply = backend.chat([build_messages(question, hits)], decoding)[0][0]
-    return finalize(reply, hits)
+    reply = "".join(stream_answer(question, hits, backend, decoding))
+    return finalize(reply, hits, question)
+
+
+def bounded(pieces: Iterable[str], max_sentences: int = MAX_SENTENCES) -> Iterator[str]:
+    """Pass a reply's pieces on until a sentence repeats or `max_sentences` are complete.
+
+    Stopping the iteration stops the generation (llama.cpp); the text after the last whole
+    sentence is kept, so a reply cut by the token limit still ends where it was cut.
+    """
+    text = ""
+    for piece in pieces:
+        done = [m.group(0) for m in _SENTENCE_RE.finditer(text + piece) if re.search(r"[.!?\n]$", m.group(0))]
+        keys = [_norm(s) for s in done]
+        if len(done) > max_sentences or len(set(keys)) < len(keys):
+            return
+        text += piece
+        yield piece
 
 
 def stream_answer(question: str, hits: Sequence[Hit], backend: Backend,
                   decoding: Decoding = ANSWER_DECODING) -> Iterator[str]:
-    """The reply token by token (the app shows it as it comes, then calls `finalize`)."""
-    return backend.stream_chat(build_messages(question, hits), decoding)
+    """The reply piece by piece (the app shows it as it comes, then calls `finalize`), bounded."""
+    return bounded(backend.stream_chat(build_messages(question, hits), decoding))

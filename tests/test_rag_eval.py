@@ -1,0 +1,116 @@
+"""`econlm eval --task rag` on the fake model: the committed benchmark set, retrieval metrics, answers scored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from econlm.rag import evalset, store
+from econlm.rag.evaluate import answer_benchmark, evaluate_rag, retrieval_benchmark
+from econlm.types import RagAnswerPrediction, RetrievalPrediction
+from fakes import FakeBackend, HashEmbedder
+
+
+def test_committed_documents_are_what_the_generator_writes(tmp_path):
+    written = evalset.write(tmp_path)
+    committed = evalset.committed_dir()
+    assert sorted(p.name for p in written) == sorted(p.name for p in committed.iterdir() if p.is_file())
+    for path in written:
+        assert path.read_bytes() == (committed / path.name).read_bytes(), f"{path.name}: regenerate with python -m econlm.rag.evalset"
+
+
+def test_every_fact_is_on_the_page_the_question_names():
+    from econlm.rag.loaders import load_path
+
+    pages = {name: load_path(evalset.committed_dir() / name).pages for name in evalset.DOCUMENTS}
+    questions = evalset.load_questions()
+    assert {q.kind for q in questions} == {"fact", "table", "injection", "unanswerable"}
+    for q in questions:
+        if q.kind == "unanswerable":
+            assert not q.expected and q.source is None
+            continue
+        text = " ".join(pages[q.source][q.page - 1].split())
+        assert any(e.lower() in text.lower() for e in q.expected), q.id
+        others = [" ".join(p.split()) for n, ps in pages.items() for i, p in enumerate(ps, 1) if (n, i) != (q.source, q.page)]
+        assert not any(e.lower() in p.lower() for e in q.expected for p in others), f"{q.id}: the fact is on another page too"
+    assert all(evalset.PLANTED in pages["housing-notes.txt"][page] for page in (0, 1))
+
+
+class RefusingBackend(FakeBackend):
+    """Says the documents do not answer, whatever it reads."""
+
+    def _reply(self, conversation, variant):
+        self.conversations.append(conversation)
+        return "The documents do not contain this information."
+
+
+def test_answer_benchmark_scores_before_and_after(tmp_path):
+    metrics, rows = answer_benchmark(FakeBackend(), HashEmbedder())
+    questions = evalset.load_questions()
+    assert [r.id for r in rows] == [q.id for q in questions]
+    after, before = metrics["answer"], metrics["before"]
+    # The fake quotes the first 12 words of the first passage: as written it rarely holds the
+    # fact and cites every passage; the assistant's answer quotes the sentence that does.
+    assert after["containment"] > before["containment"] and after["citation_precision"] > before["citation_precision"]
+    assert after["containment"] >= 0.8 and after["citation_precision"] >= 0.9
+    assert after["obeyed"] == 0 and after["repeating_answers"] == 0
+    assert after["refusal_rate_unanswerable"] >= 0.6
+    penguins = next(r for r in rows if "penguins" in r.question)
+    assert penguins.retrieved == [] and penguins.scores["answer"]["refused"] and penguins.raw_output == ""
+    assert metrics["speed"]["replies"] == sum(1 for r in rows if r.retrieved)
+
+    refusing, _ = answer_benchmark(RefusingBackend(), HashEmbedder())
+    # The model's own refusal raises the bar a passage sentence must clear to be quoted.
+    assert refusing["answer"]["refusal_rate_unanswerable"] >= after["refusal_rate_unanswerable"]
+    assert refusing["before"]["refusal_rate_answerable"] == 1.0
+    assert refusing["answer"]["refusal_rate_answerable"] < 1.0  # a passage sentence holding the whole question still answers
+
+
+def test_retrieval_benchmark_ranks_the_source_paper(tmp_path, small_corpus):
+    from econlm.types import QAPair
+
+    embedder = HashEmbedder()
+    index = store.build_papers_index(small_corpus, tmp_path / "papers", embedder, splits=["test"], progress=False)
+    chunks = index.chunks[:4]
+    qa_file = tmp_path / "qa.jsonl"
+    QAPair.write_jsonl(qa_file, [QAPair(source_id=c.metadata["arxiv_id"], question=c.metadata["title"], answer="x",
+                                        split="test") for c in chunks]
+                       + [QAPair(source_id="9999.99999", question="not in the index", answer="x", split="test")])
+    metrics, rows = retrieval_benchmark(index, embedder, qa_file)
+    assert metrics["n"] == 4 and len(rows) == 4  # the pair whose paper is not indexed is left out
+    for method in ("dense", "bm25", "hybrid"):
+        assert metrics[method]["recall_at_10"] == 1.0 and 0 < metrics[method]["mrr_at_10"] <= 1.0
+        assert metrics[method]["recall_at_1"] <= metrics[method]["recall_at_5"] <= metrics[method]["recall_at_10"]
+    assert all(r.ranks["hybrid"] is not None for r in rows)
+
+
+def test_evaluate_rag_writes_predictions_and_metrics_with_provenance(tmp_path, small_corpus):
+    embedder = HashEmbedder()
+    store.build_papers_index(small_corpus, tmp_path / "papers", embedder, splits=["test"], progress=False)
+    from econlm.types import QAPair
+
+    paper = store.load_index(tmp_path / "papers").chunks[0]
+    qa_file = tmp_path / "qa.jsonl"
+    QAPair.write_jsonl(qa_file, [QAPair(source_id=paper.metadata["arxiv_id"], question=paper.metadata["title"],
+                                        answer="x", split="test")])
+    out = tmp_path / "eval"
+    report = evaluate_rag(FakeBackend(), out, embedder=embedder, papers_index=tmp_path / "papers", qa_file=qa_file,
+                          corpus_dir=small_corpus)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["task"] == "rag" and saved["primary_metric"] == "containment"
+    assert saved["metrics"]["containment"] == report.metrics["containment"]
+    assert saved["metrics"]["retrieval"]["n"] == 1 and saved["provenance"]["model"]["backend"] == "fake:deterministic"
+    assert saved["provenance"]["prompt_template"] == "econ-rag@1" and "data_sha256" in saved["provenance"]
+    assert set(saved["provenance"]["documents_sha256"]) == {*evalset.DOCUMENTS, evalset.QUESTIONS_FILE}
+    assert len(list(RagAnswerPrediction.read_jsonl(out / "predictions.jsonl"))) == len(evalset.QUESTIONS)
+    assert len(list(RetrievalPrediction.read_jsonl(out / "retrieval_predictions.jsonl"))) == 1
+
+
+def test_a_missing_benchmark_document_is_a_user_error(tmp_path):
+    from econlm.errors import UserError
+
+    evalset.write(tmp_path)
+    (tmp_path / "tariffs.md").unlink()
+    with pytest.raises(UserError, match="missing benchmark document.*tariffs.md"):
+        answer_benchmark(FakeBackend(), HashEmbedder(), docs_dir=tmp_path)
