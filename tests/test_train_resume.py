@@ -4,17 +4,19 @@ result equals an uninterrupted run and no partial checkpoint is ever loaded."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_processes import (
+    assert_same_weights,
+    kill,
+    launch,
+    logged_steps,
+    partial_saves,
+    wait_for,
+)
 
 from econlm.config import load_config
 from econlm.errors import UserError
@@ -24,59 +26,6 @@ from econlm.training.checkpoint import PAUSE_ENV, TrainState, load_checkpoint
 OVERRIDES = ["train.max_steps=8", "train.checkpoint_every=2", "train.eval_every=3", "train.keep_checkpoints=2"]
 
 
-def _launch(args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    env = {**os.environ, **(extra_env or {})}
-    with log.open("a") as fh:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "econlm.cli", "train", *args], stdout=fh, stderr=fh, env=env)
-
-
-def _wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"training exited ({proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"kill point not reached in {timeout}s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.05)
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-
-
-def _logged_steps(run: Path) -> list[int]:
-    path = run / "train_log.jsonl"
-    if not path.is_file():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if "loss" in row:
-            steps.append(row["step"])
-    return steps
-
-
-def _partial_saves(run: Path) -> list[Path]:
-    return [p for p in (run / "checkpoints").glob(".step-*.tmp") if (p / "adapter_model.safetensors").is_file()]
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    """Equal up to float noise: MKL's kernels can round differently with the memory alignment of
-    their inputs, which differs between processes, and Adam scales such noise up on tiny gradients
-    (1e-6 failed once in CI under load). A resume that restored the wrong step, data position or
-    dropout RNG moves the weights by ~lr = 1e-3, far outside this."""
-    left, right = load_file(str(a)), load_file(str(b))
-    assert left.keys() == right.keys()
-    for key in left:
-        torch.testing.assert_close(left[key], right[key], atol=2e-5, rtol=1e-4, msg=key)
-
-
 def test_killed_runs_resume_to_the_uninterrupted_result(small_corpus, tmp_path):
     reference = train(load_config("debug", [f"data.corpus={small_corpus}", *OVERRIDES]), tmp_path / "reference",
                       progress=False)
@@ -84,34 +33,34 @@ def test_killed_runs_resume_to_the_uninterrupted_result(small_corpus, tmp_path):
     run, log = tmp_path / "killed", tmp_path / "train.log"
     sets = [arg for o in OVERRIDES for arg in ("--set", o)]
     # 1. SIGKILL in the middle of the run, after the step-2 checkpoint.
-    proc = _launch(["--config", "debug", "--corpus", str(small_corpus), *sets, "--out", str(run)], log)
-    _wait_for(lambda: max(_logged_steps(run), default=0) >= 3, proc, log)
-    _kill(proc)
+    proc = launch(["--config", "debug", "--corpus", str(small_corpus), *sets, "--out", str(run)], log)
+    wait_for(lambda: max(logged_steps(run), default=0) >= 3, proc, log)
+    kill(proc)
     assert (run / "checkpoints" / "step-2" / "trainer_state.json").is_file()
     assert not (run / "metrics.json").is_file() or not json.loads((run / "metrics.json").read_text())["finished"]
 
     # 2. Resume, and SIGKILL it inside its first checkpoint save (the test hook pauses the save
     #    after the adapter weights are written, before the optimizer state).
     completed_before = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
-    proc = _launch(["--resume", str(run)], log, {PAUSE_ENV: "600"})
-    _wait_for(lambda: bool(_partial_saves(run)), proc, log)
-    _kill(proc)
-    partial = _partial_saves(run)[0]
+    proc = launch(["--resume", str(run)], log, {PAUSE_ENV: "600"})
+    wait_for(lambda: bool(partial_saves(run)), proc, log)
+    kill(proc)
+    partial = partial_saves(run)[0]
     interrupted_step = int(partial.name.split(".")[1].split("-")[1])
     assert interrupted_step > max(completed_before)
     assert not (run / "checkpoints" / f"step-{interrupted_step}").exists()  # never visible under its final name
     assert not (partial / "optimizer.pt").exists()
 
     # 3. Resume to the end: it continues from the last complete checkpoint and drops the partial one.
-    proc = _launch(["--resume", str(run)], log)
+    proc = launch(["--resume", str(run)], log)
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert f"resuming from {run / 'checkpoints' / f'step-{max(completed_before)}'}" in text
     assert not list((run / "checkpoints").glob(".*.tmp"))
 
     # Same adapter (best and last), same per-step losses and the same metrics as the uninterrupted run.
-    _assert_same_weights(run / "adapter_model.safetensors", reference / "adapter_model.safetensors")
-    _assert_same_weights(run / "checkpoints" / "step-8" / "adapter_model.safetensors",
+    assert_same_weights(run / "adapter_model.safetensors", reference / "adapter_model.safetensors")
+    assert_same_weights(run / "checkpoints" / "step-8" / "adapter_model.safetensors",
                          reference / "checkpoints" / "step-8" / "adapter_model.safetensors")
     rows = [json.loads(l) for l in (run / "train_log.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(l) for l in (reference / "train_log.jsonl").read_text().splitlines()]
@@ -126,7 +75,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(small_corpus, tmp_path):
     assert metrics["train_tokens"] == ref_metrics["train_tokens"]
 
     # Resuming a finished run does nothing.
-    proc = _launch(["--resume", str(run)], log)
+    proc = launch(["--resume", str(run)], log)
     assert proc.wait(timeout=300) == 0
     assert "already finished" in log.read_text()
 
@@ -156,7 +105,7 @@ def test_a_checkpoint_in_the_saved_format_resumes_to_the_same_result(small_corpu
     final_state = json.loads((step4 / "trainer_state.json").read_text())
     shutil.rmtree(step4)
     resume(run, progress=False)
-    _assert_same_weights(step4 / "adapter_model.safetensors", finished)
+    assert_same_weights(step4 / "adapter_model.safetensors", finished)
     resumed_state = json.loads((step4 / "trainer_state.json").read_text())
     assert resumed_state["finished"] and resumed_state["train_tokens"] == final_state["train_tokens"]
     assert resumed_state["best_step"] == final_state["best_step"]

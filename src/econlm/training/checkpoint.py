@@ -30,10 +30,12 @@ CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
-# Test hook (the only one): seconds to sleep inside a checkpoint save, after the adapter weights
-# are in the temp dir and before the optimizer state is, so a test can SIGKILL a save midway
-# deterministically. Unset in normal use.
+# Test hooks (the only ones), so a test can SIGKILL a save at a chosen point deterministically;
+# unset in normal use. PAUSE_ENV: seconds to sleep inside every save, after the adapter weights
+# are in the temp dir and before the optimizer state is. PAUSE_AFTER_ENV, "STEP:SECONDS": sleep
+# once checkpoint step-STEP is in place, before older checkpoints are pruned.
 PAUSE_ENV = "ECONLM_TEST_PAUSE_IN_CHECKPOINT_SAVE"
+PAUSE_AFTER_ENV = "ECONLM_TEST_PAUSE_AFTER_CHECKPOINT_SAVE"
 
 
 @dataclass
@@ -69,12 +71,31 @@ def checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def remove_partial_saves(run_dir: Path) -> list[Path]:
-    """Delete temp dirs left by a save that was killed; returns what was removed."""
-    leftovers = [p for p in (run_dir / CHECKPOINTS).glob(".*.tmp") if p.is_dir()]
-    leftovers += [p for p in (run_dir / CHECKPOINTS).glob(".step-*.old") if p.is_dir()]
+    """Delete what killed writes left in the run directory: temp checkpoint dirs, checkpoints
+    being pruned (`.step-N.old`), and the temp files and dirs of the run's own atomic writes
+    (metrics, log, curve, best adapter); returns what was removed."""
+    root = run_dir / CHECKPOINTS
+    leftovers = [*root.glob(".*.tmp"), *root.glob(".step-*.old"), *run_dir.glob(".*.tmp")]
     for path in leftovers:
-        shutil.rmtree(path, ignore_errors=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return leftovers
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
+    """Remove all but the newest `keep` checkpoints; returns the removed ones' former paths.
+
+    Each is renamed to `.step-N.old` before it is deleted, so a kill midway leaves no
+    half-deleted `step-N` that looks complete, only a leftover `remove_partial_saves` clears.
+    """
+    pruned = [path for _, path in checkpoint_dirs(run_dir)[:-keep]]
+    for path in pruned:
+        doomed = path.with_name(f".{path.name}.old")
+        os.replace(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    return pruned
 
 
 def rng_state() -> dict:
@@ -115,8 +136,10 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, rng_per_process:
         for path in tmp.iterdir():  # on disk before the rename makes the checkpoint visible
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
-    for _, old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    pause_step, _, pause_seconds = os.environ.get(PAUSE_AFTER_ENV, "").partition(":")
+    if pause_step == str(state.step):
+        time.sleep(float(pause_seconds))
+    prune_checkpoints(run_dir, keep)
     return final
 
 

@@ -48,6 +48,7 @@ from econlm.training.checkpoint import (
     TrainState,
     checkpoint_dirs,
     load_checkpoint,
+    prune_checkpoints,
     remove_partial_saves,
     rng_state,
     save_checkpoint,
@@ -303,8 +304,7 @@ class Run:
         self._setup_optimizer()
         self._resume()
         if self.state.finished:
-            if self.is_main:
-                print(f"{self.run_dir}: training already finished at step {self.state.step}", file=sys.stderr)
+            self._complete_bookkeeping()
             return self.run_dir
         self._train()
         return self.run_dir
@@ -420,6 +420,34 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def _train_step(self, step: int) -> StepStats:
+    def _complete_bookkeeping(self) -> None:
+        """Finish what a run killed after its final checkpoint left undone (metrics.json still
+        unfinished, older checkpoints not yet pruned), and say what was done; a run whose
+        bookkeeping is whole is left as it is. The best adapter needs nothing: it is written
+        before the final checkpoint."""
+        if self.is_main:
+            done = []
+            keep = self.config.train.keep_checkpoints
+            if pruned := prune_checkpoints(self.run_dir, keep):
+                done.append(f"removed {', '.join(p.name for p in pruned)} (keep_checkpoints={keep})")
+            if not self._metrics_finished():
+                self._write_metrics(finished=True)
+                done.append(f"wrote the final {METRICS_FILE} and {TRAIN_CURVE}")
+            if done:
+                print(f"{self.run_dir}: training had finished at step {self.state.step}; completed what the "
+                      f"interrupted run left undone: {'; '.join(done)}", file=sys.stderr)
+            else:
+                print(f"{self.run_dir}: training already finished at step {self.state.step}", file=sys.stderr)
+        self.accelerator.wait_for_everyone()
+
+    def _metrics_finished(self) -> bool:
+        """Whether metrics.json is the finished run's (it is written atomically, after the curve)."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return False
+        metrics = json.loads(path.read_text())
+        return metrics.get("finished") is True and metrics.get("steps_done") == self.state.step
+
         """One optimizer step over the schedule's examples for `step`, split into micro-batches."""
         import torch
 
@@ -556,7 +584,6 @@ class Run:
             "train_cpu_seconds": round(state.train_cpu_seconds, 1),
             "tokens_per_cpu_s": round(state.train_tokens / state.train_cpu_seconds, 1) if state.train_cpu_seconds else None,
         })
-        plot_curve(rows, self.run_dir / TRAIN_CURVE, state.best_step)
 
 
 def train(config: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
@@ -572,3 +599,5 @@ def resume(run_dir: str | Path, progress: bool = True) -> Path:
         raise UserError(f"{run_dir}: not an econlm run directory (no {RUN_FILE})")
     config = validate_config(json.loads(record.read_text())["config"], str(record))
     return Run(config, run_dir, resuming=True, progress=progress).fit()
+        """The curve, then metrics.json: a finished metrics.json means the curve is final too."""
+        plot_curve(rows, self.run_dir / TRAIN_CURVE, state.best_step)
