@@ -30,6 +30,18 @@ def default_model() -> ModelRef:
     return ModelRef.parse(SHIPPED_ADAPTER_NAME if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file() else DEFAULT_MODEL)
 
 
+def cached_gguf(model_ref: ModelRef, quant: str) -> Path:
+    """The model (an adapter merged into its base) exported to GGUF once per content hash and
+    quantisation, under $ECONLM_HOME/gguf/, for the benchmarks' llama.cpp engines."""
+    from econlm.export import export_gguf
+    from econlm.paths import econlm_home
+
+    path = econlm_home() / "gguf" / f"{model_ref.name}-{model_ref.hash[:12]}" / f"model.{quant}.gguf"
+    if not path.is_file():
+        export_gguf(model_ref, path, quant, progress=False)
+    return path
+
+
 def copy_bandwidth(n_bytes: int = 512 * 2**20, repeats: int = 5, threads: int | None = None) -> float:
     """Best-of-N memory copy bandwidth in bytes/s, counting bytes read + written (the STREAM
     "copy" convention), with the array split over `threads` threads (numpy releases the GIL)."""
@@ -177,9 +189,7 @@ def run_infer_bench(
 ) -> dict[str, Any]:
     """Run every engine on the same prompts; returns the JSON-ready result."""
     from econlm.errors import UserError
-    from econlm.export import export_gguf
     from econlm.models import load_tokenizer
-    from econlm.paths import econlm_home
 
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
@@ -193,14 +203,8 @@ def run_infer_bench(
     ]
     prompt_lengths = [len(p) for p in prompts]
 
-    gguf_dir = econlm_home() / "gguf" / f"{model_ref.name}-{model_ref.hash[:12]}"
-    ggufs: dict[str, Path] = {}
-    for engine in engines:
-        if engine.startswith("llamacpp-"):
-            quant = engine.removeprefix("llamacpp-")
-            ggufs[quant] = gguf_dir / f"model.{quant}.gguf"
-            if not ggufs[quant].is_file():
-                export_gguf(model_ref, ggufs[quant], quant, progress=False)
+    ggufs = {engine.removeprefix("llamacpp-"): cached_gguf(model_ref, engine.removeprefix("llamacpp-"))
+             for engine in engines if engine.startswith("llamacpp-")}
 
     bandwidth = copy_bandwidth()
     results: dict[str, Any] = {}

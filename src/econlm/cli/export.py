@@ -1,4 +1,4 @@
-"""`econlm export gguf`, `econlm serve` and `econlm bench infer`: running a model fast, anywhere."""
+"""`econlm export gguf`, `econlm serve`, `econlm bench infer` and `econlm bench serve`: running a model fast, anywhere."""
 
 from __future__ import annotations
 
@@ -122,5 +122,42 @@ def infer(corpus: Path | None, spec, n_prompts: int, max_new_tokens: int, engine
         engines=chosen, load_test=load_test,
     )
     path = write_result(out, "infer", result)
+    click.echo(format_table(result))
+    click.echo(f"wrote {path}")
+
+
+@bench.command("serve")
+@corpus_option
+@click.option("--model", "spec", type=ModelSpecParam(("transformers",)), default=None,
+              help="MODEL every engine serves (an adapter is merged only for the llama.cpp export) "
+                   "[default: the shipped econlm adapter, else smollm2-135m-instruct].")
+@click.option("--prompts", "n_prompts", default=200, show_default=True, type=click.IntRange(1), help="Test abstracts to title.")
+@click.option("--concurrency", default="1,8,32", show_default=True, help="Comma-separated requests in flight, each run in turn.")
+@click.option("--max-tokens", default=32, show_default=True, type=click.IntRange(1), help="max_tokens of every request.")
+@click.option("--engines", default=None, help="Comma-separated subset of: vllm, llamacpp-q8_0, transformers [default: all].")
+@click.option("--out", default=Path("bench/results"), show_default=True, type=click.Path(path_type=Path), help="Result .json file or directory.")
+def serve_bench(corpus: Path | None, spec, n_prompts: int, concurrency: str, max_tokens: int, engines: str | None, out: Path) -> None:
+    """Serving engines under the same load: vLLM (continuous batching, LoRA by name) vs econlm's
+    one-at-a-time server over llama.cpp q8_0 and over transformers.
+
+    Starts `econlm serve` for each engine on 127.0.0.1 in turn and sends it the title prompts of
+    the first N test abstracts, greedy and streamed, at each concurrency. Writes a JSON result
+    (tokens/s, requests/s, p50/p95 latency and time to first token, lost requests, share of titles
+    equal to greedy transformers') and prints a table.
+    """
+    from econlm.bench.common import write_result
+    from econlm.bench.infer import default_model
+    from econlm.bench.serve import ENGINES, format_table, run_serve_bench
+
+    try:
+        levels = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{concurrency!r}: comma-separated whole numbers, e.g. 1,8,32", param_hint="--concurrency") from None
+    if min(levels) < 1:
+        raise click.BadParameter("every concurrency must be at least 1", param_hint="--concurrency")
+    chosen = tuple(e.strip() for e in engines.split(",")) if engines else ENGINES
+    result = run_serve_bench(spec.model if spec is not None else default_model(), resolve_corpus(corpus), n_prompts=n_prompts,
+                             concurrency=levels, max_tokens=max_tokens, engines=chosen)
+    path = write_result(out, "serve", result)
     click.echo(format_table(result))
     click.echo(f"wrote {path}")

@@ -1,0 +1,270 @@
+"""`econlm bench serve`: the serving engines under the same load, side by side in one run.
+
+Each engine is started the way a user starts it, `econlm serve --engine E --model M` on 127.0.0.1
+in its own process (so the load generator never shares its GIL or cores' bookkeeping with it):
+
+    vllm           vLLM's server, continuous batching, the LoRA adapter loaded by name
+    llamacpp-q8_0  econlm's server over llama.cpp, q8_0 GGUF of the merged model (one request at a time)
+    transformers   econlm's server over transformers float32 with the adapter (one request at a time)
+
+Every engine gets the same prompts (title prompts for the first N test abstracts), greedy, the same
+`max_tokens`, at each concurrency in turn, streamed so time to first token is seen. Per engine and
+concurrency: aggregate generated tokens/s (the replies re-tokenised by the model's own tokenizer, the
+same count for every engine), requests/s, p50/p95 latency and time to first token, lost requests,
+and the share of prompts whose title equals greedy transformers' (the transformers engine at the
+first concurrency).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Self
+
+from econlm.errors import UserError
+from econlm.models import ModelRef
+
+ENGINES = ("vllm", "llamacpp-q8_0", "transformers")
+REFERENCE_ENGINE = "transformers"
+CONCURRENCY = (1, 8, 32)
+STARTUP_TIMEOUT_S = 900.0  # vLLM on 2 busy cores takes minutes to load
+REQUEST_TIMEOUT_S = 900.0  # a request queued behind 31 others on a one-at-a-time server waits long
+SERVED_NAME = "econlm"
+
+
+def engine_command(engine: str, model: ModelRef, port: int) -> list[str]:
+    """`econlm serve` for one engine; llama.cpp runs the q8_0 export of the (merged) model."""
+    base = [sys.executable, "-m", "econlm.cli", "serve", "--port", str(port), "--name", SERVED_NAME]
+    if engine in ("vllm", "transformers"):
+        return [*base, "--engine", engine, "--model", model.text]
+    if engine.startswith("llamacpp-"):
+        from econlm.bench.infer import cached_gguf
+
+        return [*base, "--engine", "llamacpp", "--model", str(cached_gguf(model, engine.removeprefix("llamacpp-")))]
+    raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+
+
+class EngineServer:
+    """One `econlm serve` process for the duration of a `with` block; its log goes to `log_path`."""
+
+    def __init__(self, command: list[str], port: int, log_path: Path):
+        self.command, self.port, self.log_path = command, port, log_path
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def __enter__(self) -> Self:
+        import httpx
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+        started = time.monotonic()
+        while True:
+            if self.process.poll() is not None:
+                raise UserError(f"{' '.join(self.command[2:])} exited with status {self.process.returncode}; "
+                                f"its log: {self.log_path}\n{_tail(self.log_path)}")
+            if time.monotonic() - started > STARTUP_TIMEOUT_S:
+                self.__exit__()
+                raise UserError(f"{' '.join(self.command[2:])} did not answer /health in {STARTUP_TIMEOUT_S:.0f}s; log: {self.log_path}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stream_requests(base_url: str, conversations: list[list[dict[str, str]]], concurrency: int, max_tokens: int,
+                    api_key: str | None = None) -> tuple[list[dict[str, Any]], float]:
+    """Every conversation once, `concurrency` in flight, streamed; per request its reply, latency,
+    time to first token and failure (None when it came back). Returns (records, wall seconds)."""
+    import httpx
+
+    async def run() -> tuple[list[dict[str, Any]], float]:
+        gate = asyncio.Semaphore(concurrency)
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S, limits=limits, headers=headers) as client:
+
+            async def one(conversation) -> dict[str, Any]:
+                body = {"model": SERVED_NAME, "messages": conversation, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+                async with gate:
+                    started = time.perf_counter()
+                    first, pieces, failure = None, [], None
+                    try:
+                        async with client.stream("POST", "/chat/completions", json=body) as response:
+                            if response.status_code != 200:
+                                failure = f"HTTP {response.status_code}"
+                            else:
+                                async for line in response.aiter_lines():
+                                    if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                                        continue
+                                    event = json.loads(line[5:])
+                                    if event.get("error"):
+                                        failure = "stream error"
+                                        break
+                                    for choice in event.get("choices", []):
+                                        piece = (choice.get("delta") or {}).get("content")
+                                        if piece:
+                                            first = first if first is not None else time.perf_counter()
+                                            pieces.append(piece)
+                    except (httpx.HTTPError, json.JSONDecodeError) as exc:
+                        failure = type(exc).__name__
+                    done = time.perf_counter()
+                    return {"reply": "".join(pieces), "latency_s": done - started,
+                            "ttft_s": (first - started) if first is not None else None, "failure": failure}
+
+            started = time.perf_counter()
+            records = await asyncio.gather(*(one(c) for c in conversations))
+            return list(records), time.perf_counter() - started
+
+    return asyncio.run(run())
+
+
+def _quantile(values: list[float], q: int) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return round(values[0], 4)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 4)
+
+
+def summarize(records: list[dict[str, Any]], wall_s: float, count_tokens, reference: list[str] | None) -> dict[str, Any]:
+    """One engine at one concurrency: throughput, latency, lost requests, agreement with the reference titles."""
+    from econlm.evaluate import first_line
+
+    answered = [r for r in records if r["failure"] is None]
+    tokens = sum(count_tokens(r["reply"]) for r in answered)
+    failures: dict[str, int] = {}
+    for r in records:
+        if r["failure"] is not None:
+            failures[r["failure"]] = failures.get(r["failure"], 0) + 1
+    row = {
+        "requests": len(records),
+        "ok": len(answered),
+        "lost": len(records) - len(answered),
+        "failures": failures,
+        "generated_tokens": tokens,
+        "wall_s": round(wall_s, 2),
+        "tokens_per_s": round(tokens / wall_s, 2),
+        "requests_per_s": round(len(answered) / wall_s, 3),
+        "latency_p50_s": _quantile([r["latency_s"] for r in answered], 50),
+        "latency_p95_s": _quantile([r["latency_s"] for r in answered], 95),
+        "ttft_p50_s": _quantile([r["ttft_s"] for r in answered if r["ttft_s"] is not None], 50),
+        "ttft_p95_s": _quantile([r["ttft_s"] for r in answered if r["ttft_s"] is not None], 95),
+    }
+    if reference is not None:
+        same = sum(r["failure"] is None and first_line(r["reply"]) == first_line(ref) for r, ref in zip(records, reference))
+        row["same_title_as_transformers"] = round(same / len(records), 3)
+    return row
+
+
+def run_serve_bench(
+    model: ModelRef,
+    corpus: Path,
+    n_prompts: int = 200,
+    concurrency: tuple[int, ...] = CONCURRENCY,
+    max_tokens: int = 32,
+    engines: tuple[str, ...] = ENGINES,
+    log_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Start each engine in turn, send it the prompts at every concurrency, stop it; the JSON-ready result."""
+    from econlm.bench.infer import title_prompts
+    from econlm.models import load_tokenizer
+    from econlm.paths import econlm_home
+    from econlm.vllm_engine import free_port
+
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise UserError(f"unknown engines {', '.join(unknown)} (choose from {', '.join(ENGINES)})")
+    if REFERENCE_ENGINE in engines:  # the reference titles first, so every other engine is compared as it runs
+        engines = (REFERENCE_ENGINE, *(e for e in engines if e != REFERENCE_ENGINE))
+    conversations = title_prompts(corpus, n_prompts)
+    if len(conversations) < n_prompts:
+        raise UserError(f"{corpus}/test.jsonl has {len(conversations)} papers, fewer than --prompts {n_prompts}")
+    tokenizer = load_tokenizer(model)
+
+    def count_tokens(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    log_dir = log_dir or econlm_home() / "bench-serve-logs"
+    load_at_start = os.getloadavg()
+    reference: list[str] | None = None
+    results: dict[str, Any] = {}
+    for engine in engines:
+        port = free_port()
+        with EngineServer(engine_command(engine, model, port), port, log_dir / f"{engine}.log") as server:
+            rows: dict[str, Any] = {"startup_s": round(server.startup_s, 1)}
+            for c in concurrency:
+                records, wall = stream_requests(server.base_url, conversations, c, max_tokens)
+                if engine == REFERENCE_ENGINE and reference is None:
+                    reference = [r["reply"] for r in records]
+                rows[f"c{c}"] = summarize(records, wall, count_tokens, reference)
+        results[engine] = rows
+    result: dict[str, Any] = {
+        "model": model.text,
+        "model_hash": model.hash,
+        "prompts": {"task": "title", "n": n_prompts, "split": "test", "corpus": str(corpus)},
+        "decoding": {"greedy": True, "max_tokens": max_tokens, "stream": True},
+        "concurrency": list(concurrency),
+        "agreement_reference": f"{REFERENCE_ENGINE} at c={concurrency[0]}" if reference is not None else None,
+        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "cpu_count": os.cpu_count(),
+        "engines": results,
+    }
+    result["targets"] = targets(results, concurrency)
+    return result
+
+
+def targets(results: dict[str, Any], concurrency: tuple[int, ...]) -> dict[str, Any]:
+    """The issue's targets, where the run has what they compare: vLLM at its highest concurrency
+    against the one-at-a-time transformers server at its lowest (>= 5x) and llama.cpp at the same
+    concurrency (>= 2x); no request lost anywhere."""
+    low, high = f"c{min(concurrency)}", f"c{max(concurrency)}"
+    found: dict[str, Any] = {"lost_requests": sum(row["lost"] for rows in results.values() for key, row in rows.items() if key.startswith("c")),
+                             "lost_requests_target": 0}
+    vllm = results.get("vllm", {}).get(high)
+    if vllm and "transformers" in results:
+        found[f"vllm_{high}_vs_transformers_{low}"] = round(vllm["tokens_per_s"] / results["transformers"][low]["tokens_per_s"], 2)
+        found[f"vllm_{high}_vs_transformers_{low}_target"] = 5.0
+    if vllm and "llamacpp-q8_0" in results:
+        found[f"vllm_{high}_vs_llamacpp_q8_0_{high}"] = round(vllm["tokens_per_s"] / results["llamacpp-q8_0"][high]["tokens_per_s"], 2)
+        found[f"vllm_{high}_vs_llamacpp_q8_0_{high}_target"] = 2.0
+    return found
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Engines x concurrency as a Markdown table, then the targets."""
+    cols = [("tok/s", "tokens_per_s"), ("req/s", "requests_per_s"), ("p50 s", "latency_p50_s"), ("p95 s", "latency_p95_s"),
+            ("TTFT p50 s", "ttft_p50_s"), ("TTFT p95 s", "ttft_p95_s"), ("lost", "lost"), ("same title", "same_title_as_transformers")]
+    lines = ["| engine | concurrency | " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for engine, rows in result["engines"].items():
+        for key, row in rows.items():
+            if key.startswith("c"):
+                lines.append(f"| {engine} | {key[1:]} | " + " | ".join(str(row.get(k, "")) for _, k in cols) + " |")
+    lines.append(f"{result['prompts']['n']} prompts, max_tokens {result['decoding']['max_tokens']}, greedy, streamed; "
+                 f"load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at end "
+                 f"({result['cpu_count']} CPUs)")
+    lines.append("targets: " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()))
+    return "\n".join(lines)
