@@ -388,6 +388,34 @@ class Run:
         if self.is_main:
             self.log.rewind(self.state.step)
 
+    def _complete_bookkeeping(self) -> None:
+        """Finish what a run killed after its final checkpoint left undone (metrics.json still
+        unfinished, older checkpoints not yet pruned), and say what was done; a run whose
+        bookkeeping is whole is left as it is. The best adapter needs nothing: it is written
+        before the final checkpoint."""
+        if self.is_main:
+            done = []
+            keep = self.config.train.keep_checkpoints
+            if pruned := prune_checkpoints(self.run_dir, keep):
+                done.append(f"removed {', '.join(p.name for p in pruned)} (keep_checkpoints={keep})")
+            if not self._metrics_finished():
+                self._write_metrics(finished=True)
+                done.append(f"wrote the final {METRICS_FILE} and {TRAIN_CURVE}")
+            if done:
+                print(f"{self.run_dir}: training had finished at step {self.state.step}; completed what the "
+                      f"interrupted run left undone: {'; '.join(done)}", file=sys.stderr)
+            else:
+                print(f"{self.run_dir}: training already finished at step {self.state.step}", file=sys.stderr)
+        self.accelerator.wait_for_everyone()
+
+    def _metrics_finished(self) -> bool:
+        """Whether metrics.json is the finished run's (it is written atomically, after the curve)."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return False
+        metrics = json.loads(path.read_text())
+        return metrics.get("finished") is True and metrics.get("steps_done") == self.state.step
+
     # ----------------------------------------------------------------------- training
 
     def _train(self) -> None:
@@ -420,34 +448,6 @@ class Run:
         self.accelerator.wait_for_everyone()
 
     def _train_step(self, step: int) -> StepStats:
-    def _complete_bookkeeping(self) -> None:
-        """Finish what a run killed after its final checkpoint left undone (metrics.json still
-        unfinished, older checkpoints not yet pruned), and say what was done; a run whose
-        bookkeeping is whole is left as it is. The best adapter needs nothing: it is written
-        before the final checkpoint."""
-        if self.is_main:
-            done = []
-            keep = self.config.train.keep_checkpoints
-            if pruned := prune_checkpoints(self.run_dir, keep):
-                done.append(f"removed {', '.join(p.name for p in pruned)} (keep_checkpoints={keep})")
-            if not self._metrics_finished():
-                self._write_metrics(finished=True)
-                done.append(f"wrote the final {METRICS_FILE} and {TRAIN_CURVE}")
-            if done:
-                print(f"{self.run_dir}: training had finished at step {self.state.step}; completed what the "
-                      f"interrupted run left undone: {'; '.join(done)}", file=sys.stderr)
-            else:
-                print(f"{self.run_dir}: training already finished at step {self.state.step}", file=sys.stderr)
-        self.accelerator.wait_for_everyone()
-
-    def _metrics_finished(self) -> bool:
-        """Whether metrics.json is the finished run's (it is written atomically, after the curve)."""
-        path = self.run_dir / METRICS_FILE
-        if not path.is_file():
-            return False
-        metrics = json.loads(path.read_text())
-        return metrics.get("finished") is True and metrics.get("steps_done") == self.state.step
-
         """One optimizer step over the schedule's examples for `step`, split into micro-batches."""
         import torch
 
@@ -563,8 +563,10 @@ class Run:
         shutil.rmtree(staging, ignore_errors=True)
 
     def _write_metrics(self, finished: bool) -> None:
+        """The curve, then metrics.json: a finished metrics.json means the curve is final too."""
         state, schedule = self.state, self.schedule
         rows = self.log.rows()
+        plot_curve(rows, self.run_dir / TRAIN_CURVE, state.best_step)
         train_rows = [r for r in rows if "loss" in r]
         last = train_rows[-max(1, min(len(train_rows), 10)):]
         atomic_write_json(self.run_dir / METRICS_FILE, {
@@ -599,5 +601,3 @@ def resume(run_dir: str | Path, progress: bool = True) -> Path:
         raise UserError(f"{run_dir}: not an econlm run directory (no {RUN_FILE})")
     config = validate_config(json.loads(record.read_text())["config"], str(record))
     return Run(config, run_dir, resuming=True, progress=progress).fit()
-        """The curve, then metrics.json: a finished metrics.json means the curve is final too."""
-        plot_curve(rows, self.run_dir / TRAIN_CURVE, state.best_step)
