@@ -106,6 +106,16 @@ def test_evaluate_rag_writes_predictions_and_metrics_with_provenance(tmp_path, s
     assert len(list(RagAnswerPrediction.read_jsonl(out / "predictions.jsonl"))) == len(evalset.QUESTIONS)
     assert len(list(RetrievalPrediction.read_jsonl(out / "retrieval_predictions.jsonl"))) == 1
 
+    from econlm.report import write_report
+
+    md = write_report([out], tmp_path / "report").read_text()
+    section = md[md.index("## RAG: cited answers"):]
+    assert f"the {len(evalset.QUESTIONS)} committed questions" in section and "| hybrid | 1.000 |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| fake"))
+    assert f"**{report.metrics['containment']:.2f}**" in row
+    results = json.loads((tmp_path / "report" / "results.json").read_text())["rag"]
+    assert results[0]["answer"]["containment"] == report.metrics["containment"] and results[1]["retrieval"]["n"] == 1
+
 
 def test_a_missing_benchmark_document_is_a_user_error(tmp_path):
     from econlm.errors import UserError
