@@ -6,6 +6,7 @@ loaders look first; everything else (pages, loaders, store, retriever, prompts) 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ ABSTRACT = (
     "We prove a theorem on the existence of equilibrium in games with incomplete information "
     "and derive comparative statics for the theoretical model."
 )
+MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
 REPORT_PAGES = [
     "Inflation targeting anchors inflation expectations and lowers the sacrifice ratio.",
     "Minimum wage increases had small effects on teen employment.",
@@ -59,7 +61,9 @@ def restart(page: str) -> AppTest:
 
 
 def texts(elements) -> list[str]:
-    return [e.value for e in elements]
+    """The elements' text as a reader sees it: the app backslash-escapes Markdown in what users or
+    models wrote (`state.escape_markdown`), which the browser shows without the backslashes."""
+    return [MARKDOWN_ESCAPE.sub(r"\1", e.value).replace("  \n", "\n") for e in elements]
 
 
 def test_every_page_says_which_model_answers(home, monkeypatch):
@@ -119,7 +123,7 @@ def test_ask_page_streams_and_keeps_the_conversation(home):
     at = start("ask", backend)
     at.chat_input[0].set_value("What is a Giffen good?").run()
     assert [m.name for m in at.chat_message] == ["user", "assistant"]
-    assert "What Is A Giffen Good?" in at.chat_message[1].markdown[0].value
+    assert "What Is A Giffen Good?" in at.chat_message[1].text[0].value
     at.chat_input[0].set_value("And a Veblen good?").run()
     assert len(at.chat_message) == 4
     roles = [m["role"] for m in backend.conversations[-1]]
@@ -144,8 +148,8 @@ def test_papers_search_and_cited_answer(home, small_corpus):
     assert paper["category"] in first
     at.chat_input[0].set_value("What does this paper find?").run()
     answer = at.chat_message[1]
-    assert f"\\[arXiv:{paper['arxiv_id']}]" in answer.markdown[0].value
-    assert any(f"arXiv:{paper['arxiv_id']}" in c.value for c in answer.caption)  # "Cites: ..."
+    assert f"[arXiv:{paper['arxiv_id']}]" in answer.text[0].value
+    assert any(f"arXiv:{paper['arxiv_id']}" in c for c in texts(answer.caption))  # "Cites: ..."
     assert answer.expander[0].label.startswith("Retrieved passages")
     at.text_input[0].input("zzzz qqqq").run()
     assert texts(at.info) == ["Nothing relevant was found for “zzzz qqqq”. Try other words."]
@@ -168,8 +172,8 @@ def test_documents_upload_ask_persist_delete(home):
 
     at.chat_input[0].set_value("What does inflation targeting do to expectations?").run()
     answer = at.chat_message[1]
-    assert "\\[report.pdf, p. 1]" in answer.markdown[0].value
-    assert any("Cites: \\[report.pdf, p. 1]" in c.value for c in answer.caption)
+    assert "[report.pdf, p. 1]" in answer.text[0].value
+    assert any("Cites: [report.pdf, p. 1]" in c for c in texts(answer.caption))
     assert "Inflation targeting anchors" in answer.expander[0].text[0].value  # passages shown as plain text
 
     # The same bytes again, under another name: recognised by content, not indexed twice.
@@ -191,7 +195,7 @@ def test_question_with_nothing_relevant_is_not_answered(home):
     upload(at, [("report.pdf", make_pdf(REPORT_PAGES), "application/pdf")])
     calls = len(backend.conversations)
     at.chat_input[0].set_value("How do penguins fly over glaciers?").run()
-    reply = at.chat_message[1].markdown[0].value
+    reply = at.chat_message[1].text[0].value
     assert reply.startswith("Nothing relevant to this question was found in the index 'my-documents'")
     assert len(backend.conversations) == calls, "the model is not asked when nothing relevant was retrieved"
 
@@ -202,8 +206,8 @@ def test_planted_instruction_in_an_upload_is_not_obeyed(home):
     at = start("documents")
     upload(at, [("housing.txt", planted.encode(), "text/plain")])
     at.chat_input[0].set_value("What happened to mortgage rates?").run()
-    reply = at.chat_message[1].markdown[0].value
-    assert reply != "PWNED" and "\\[housing.txt, p. 1]" in reply
+    reply = at.chat_message[1].text[0].value
+    assert reply != "PWNED" and "[housing.txt, p. 1]" in reply
 
 
 def test_bad_uploads_each_get_a_message_and_the_good_file_is_kept(home):
@@ -235,7 +239,7 @@ def test_bad_uploads_each_get_a_message_and_the_good_file_is_kept(home):
     assert texts(at.success) == ["Indexed latin1.txt (1 pages, 1 chunks, read as cp1252)",
                                  "Indexed report.pdf (2 pages, 2 chunks)"]
     at.chat_input[0].set_value("minimum wage employment").run()
-    assert "\\[report.pdf, p. 2]" in at.chat_message[1].markdown[0].value
+    assert "[report.pdf, p. 2]" in at.chat_message[1].text[0].value
 
 
 def test_file_over_the_upload_limit(home):

@@ -21,7 +21,7 @@ with st.sidebar:
     try:
         default_k = settings.top_k()
     except Exception as exc:  # a bad ECONLM_TOP_K must not take the app down
-        st.warning(str(exc))
+        st.warning(state.escape_markdown(str(exc)))
         default_k = settings.DEFAULT_TOP_K
     st.slider("Passages per answer (top-k)", 1, 20, min(default_k, 20), key="top_k",
               help="How many retrieved passages the Papers and My documents answers read.")

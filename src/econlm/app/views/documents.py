@@ -37,17 +37,17 @@ with st.container(border=True):
         st.rerun()  # so the list of indexes below includes the new one
     report = st.session_state.get("upload_report")
     if report:
-        for line in report.added:
-            st.success(f"Indexed {line}")
+        for line in report.added:  # each line names an uploaded file
+            st.success(state.escape_markdown(f"Indexed {line}"))
         for line in report.skipped:
-            st.info(line)
+            st.info(state.escape_markdown(line))
         for line in report.errors:
-            st.error(line)
+            st.error(state.escape_markdown(line))
 
 for row in indexes:  # manifests only (read on every rerun); loading the chosen index checks its files
     if row["status"].startswith("broken"):
-        st.warning(f"Index '{row['name']}' cannot be used: {row['status']} "
-                   f"(remove it with `econlm index delete {row['name']}`)")
+        st.warning(state.escape_markdown(f"Index '{row['name']}' cannot be used: {row['status']} "
+                                         f"(remove it with: econlm index delete {row['name']})"))
 
 if not document_indexes:
     st.info("No document index yet: upload files above.")
@@ -58,7 +58,7 @@ if st.session_state.get("chat_index") not in document_indexes:
     st.session_state["chat_index"] = document_indexes[0]
 selected = st.selectbox("Index", document_indexes, key="chat_index")
 with st.popover("Delete this index"):  # before loading it, so a damaged index can be deleted too
-    st.write(f"Delete '{selected}' and all its documents from disk?")
+    st.text(f"Delete '{selected}' and all its documents from disk?")
     if st.button("Delete for good", key="delete_index"):
         store.delete_index(store.index_dir(selected))
         st.session_state.get("doc_chats", {}).pop(selected, None)
@@ -66,20 +66,20 @@ with st.popover("Delete this index"):  # before loading it, so a damaged index c
         st.rerun()
 retriever = state.retriever(store.index_dir(selected))
 sources = retriever.index.manifest["sources"]
-st.caption(f"{len(sources)} document(s), {len(retriever.index.chunks)} passages: "
-           + ", ".join(f"{s['source']} ({s['pages']} p.)" for s in sources))
+st.caption(state.escape_markdown(f"{len(sources)} document(s), {len(retriever.index.chunks)} passages: "
+                                 + ", ".join(f"{s['source']} ({s['pages']} p.)" for s in sources)))
 
 history = st.session_state.setdefault("doc_chats", {}).setdefault(selected, [])
 for i, message in enumerate(history):
     with st.chat_message(message["role"]):
         if message["role"] == "user":
-            st.markdown(state.markdown_safe(message["content"]))
+            st.text(message["content"])
         else:
             state.show_answer(message["answer"], expanded=i == len(history) - 1)
 
 if question := st.chat_input("Ask about your documents"):
     with st.chat_message("user"):
-        st.markdown(state.markdown_safe(question))
+        st.text(question)
     with st.chat_message("assistant"):
         hits = retriever.search(question, state.top_k())
         if not hits:

@@ -26,12 +26,12 @@ if not query.strip():
     st.stop()
 hits = retriever.search(query, state.top_k())
 if not hits:
-    st.info(f"Nothing relevant was found for “{query}”. Try other words.")
+    st.info(state.escape_markdown(f"Nothing relevant was found for “{query}”. Try other words."))
     st.stop()
 for hit in hits:
     meta = hit.chunk.metadata
     st.markdown(
-        f"**{state.markdown_safe(meta['title'])}**  \n"
+        f"**{state.escape_markdown(meta['title'])}**  \n"  # arxiv_id is checked (ARXIV_ID_RE) when the corpus is read
         f"[arXiv:{meta['arxiv_id']}]({meta['url']}) · {meta['category']} ({CATEGORIES[meta['category']]}) · "
         f"similarity {hit.cosine:.2f}"
     )
@@ -44,13 +44,13 @@ if chat["query"] != query:  # a new search starts a new conversation about its h
 for message in chat["messages"]:
     with st.chat_message(message["role"]):
         if message["role"] == "user":
-            st.markdown(state.markdown_safe(message["content"]))
+            st.text(message["content"])
         else:
             state.show_answer(message["answer"], expanded=False)
 
 if question := st.chat_input("Ask a question across these papers"):
     with st.chat_message("user"):
-        st.markdown(state.markdown_safe(question))
+        st.text(question)
     with st.chat_message("assistant"):
         try:
             result = state.stream_rag_answer(rag_answer.stream_answer(question, hits, state.backend()), hits)

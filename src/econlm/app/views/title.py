@@ -15,8 +15,8 @@ if st.button("Suggest a title", type="primary"):
             title, others = tasks.suggest_titles(state.backend(), abstract, alternatives)
     except UserError as exc:
         state.fail(str(exc))
-    st.subheader(title)
+    st.subheader(state.escape_markdown(title))
     if others:
         st.markdown("**Alternatives**")
         for other in others:
-            st.markdown(f"- {state.markdown_safe(other)}")
+            st.markdown(f"- {state.escape_markdown(other)}")
