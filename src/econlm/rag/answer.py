@@ -160,6 +160,8 @@ _REFUSAL_RE = re.compile(
     re.IGNORECASE,
 )
 SUPPORT_MIN_SHARE = 0.6  # of a claim's content words that must be in the passage holding it
+SUPPORT_MAX_NEW = 0.2  # share of its content words a claim may add (at least one word)
+SUPPORT_MIN_SENTENCE_SHARE = 0.5  # of them in the one sentence that states its numbers
 SUPPORT_MIN_WORDS = 2
 # A quoted sentence must hold this share of the question's content words (half of "steel, tariff, 2022")...
 MIN_RELEVANCE = 0.5
@@ -243,17 +245,33 @@ def _quote(text: str, label: str, cells: tuple[tuple[str, str], ...] = ()) -> Qu
     return Quote(text, label, terms(text), numbers(text), bool(_NEGATION_RE.search(text)), cells)
 
 
+def _paragraphs(text: str) -> Iterator[str]:
+    """Prose with its line breaks joined, without headings: a short line without closing punctuation
+    after a sentence's end ("Policy rate decisions") names a section and states nothing."""
+    lines: list[str] = []
+    for line in (line.strip() for line in text.splitlines()):
+        ended = not lines or lines[-1].endswith((".", "!", "?"))
+        if not line or line.startswith("|") or (ended and len(line.split()) <= 6 and not line.endswith((".", ",", ";", ":"))):
+            if lines:
+                yield " ".join(lines)
+            lines = []
+        else:
+            lines.append(line)
+    if lines:
+        yield " ".join(lines)
+
+
 def quotes(hits: Sequence[Hit]) -> list[Quote]:
     """Every sentence of the passages that states something (planted instructions left out).
 
-    Prose is read with its line breaks joined (a PDF's lines end mid-sentence); a table row
+    Prose is read with its line breaks joined (a PDF's lines end mid-sentence), headings left out; a table row
     becomes "name: column value; ..." so that it carries its column names.
     """
     out = []
     for hit in hits:
         label = citation_label(hit.chunk)
-        prose = " ".join(line for line in hit.chunk.text.splitlines() if not line.lstrip().startswith("|"))
-        out += [_quote(s, label) for s in sentences(" ".join(prose.split())) if not is_instruction(s)]
+        for paragraph in _paragraphs(hit.chunk.text):
+            out += [_quote(s, label) for s in sentences(paragraph) if not is_instruction(s)]
         for name, cells in _table_rows(hit.chunk.text):
             out.append(_quote(f"{name}: " + "; ".join(f"{h} {v}" for h, v in cells), label, ((name, ""), *cells)))
     return out
@@ -286,9 +304,11 @@ def repeats_a_sentence(text: str) -> bool:
 def supporting_quote(claim: str, passage_quotes: Sequence[Quote]) -> Quote | None:
     """The passage sentence that holds `claim`, or None.
 
-    Held means: most of the claim's content words are in one passage, every number it states is in
-    that passage, and it negates only what that passage's closest sentence negates. The sentence
-    returned is that passage's closest one, so the citation points at where the claim is.
+    Held means: one passage has most of the claim's content words (`SUPPORT_MIN_SHARE`, and at
+    most `SUPPORT_MAX_NEW` words of its own: "the governor is the chairman" adds two), and one
+    sentence of it states every number of the claim with half of its words ("machinery, 2023,
+    12.5 percent" beside a table whose 12.5 is steel's is not held), negating only what that
+    sentence negates. That sentence is returned, so the citation points at where the claim is.
     """
     claim_terms, claim_numbers = terms(claim), numbers(claim)
     if len(claim_terms) < SUPPORT_MIN_WORDS or is_instruction(claim) or is_refusal(claim):
@@ -296,24 +316,25 @@ def supporting_quote(claim: str, passage_quotes: Sequence[Quote]) -> Quote | Non
     by_label: dict[str, list[Quote]] = {}
     for quote in passage_quotes:
         by_label.setdefault(quote.label, []).append(quote)
+    new_allowed = max(1, int(SUPPORT_MAX_NEW * len(claim_terms)))
     best, best_share = None, 0.0
     for group in by_label.values():
         passage_terms = frozenset().union(*(q.terms for q in group))
-        passage_numbers = frozenset().union(*(q.numbers for q in group))
-        share = len(claim_terms & passage_terms) / len(claim_terms)
-        if share < SUPPORT_MIN_SHARE or not claim_numbers <= passage_numbers or share <= best_share:
+        share = _share(claim_terms, passage_terms)
+        if share < SUPPORT_MIN_SHARE or len(claim_terms - passage_terms) > new_allowed or share <= best_share:
             continue
         closest = max(group, key=lambda q: (len(claim_numbers & q.numbers), len(claim_terms & q.terms)))
-        if bool(_NEGATION_RE.search(claim)) != closest.negated:
+        if (not claim_numbers <= closest.numbers or _share(claim_terms, closest.terms) < SUPPORT_MIN_SENTENCE_SHARE
+                or bool(_NEGATION_RE.search(claim)) != closest.negated):
             continue
         best, best_share = closest, share
     return best
 
 
-def _share(question_terms: frozenset[str], found: frozenset[str], weight=lambda t: 1.0) -> float:
-    """The (weighted) share of the question's terms in `found`."""
-    total = sum(weight(t) for t in question_terms)
-    return sum(weight(t) for t in question_terms & found) / total if total else 0.0
+def _share(wanted: frozenset[str], found: frozenset[str], weight=lambda t: 1.0) -> float:
+    """The (weighted) share of the `wanted` terms in `found`."""
+    total = sum(weight(t) for t in wanted)
+    return sum(weight(t) for t in wanted & found) / total if total else 0.0
 
 
 def finalize(text: str, hits: Sequence[Hit], question: str | None = None) -> Answer:
