@@ -145,8 +145,8 @@ def test_cli_bad_spec_is_one_line_exit_2(tmp_path):
         result = run_cli(*command, "--model", "vllm:x", cwd=tmp_path)
         assert result.returncode == 2, command
         assert result.stderr.strip().count("\n") == 0 and "unknown engine 'vllm'" in result.stderr, command
-    result = run_cli("eval", "--task", "title", "--model", "openai:x", "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "this command runs transformers: or llamacpp: models" in result.stderr
+    result = run_cli("bench", "infer", "--model", "openai:x", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "this command runs transformers: models" in result.stderr
 
 
 def test_deprecated_eval_backend_option_still_works_with_a_warning(tmp_path):

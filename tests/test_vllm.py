@@ -231,7 +231,7 @@ def test_econlm_eval_against_the_vllm_server(vllm_server, small_corpus, tmp_path
         assert len(rows) == 4 and all(r["prediction"] for r in rows)
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["provenance"]["model"]["backend"] == f"openai:{NAME}"
-        assert ("rouge1" if task == "title" else "accuracy") in metrics["metrics"]
+        assert ("rouge1_f" if task == "title" else "accuracy") in metrics["metrics"]
 
 
 @pytest.mark.slow

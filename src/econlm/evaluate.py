@@ -142,13 +142,16 @@ def resolve_prompting(prompting: str, backend) -> str:
 
 
 def load_backend(spec: EngineSpec, batch_size: int = 16, dtype: str = "float32") -> Backend:
-    """The backend an evaluation runs on: transformers (batches of `batch_size`, `dtype`) or
-    llama.cpp; both score options from the model's own log-probabilities."""
+    """The backend an evaluation runs on: transformers (batches of `batch_size`, `dtype`),
+    llama.cpp (both score options from the model's own log-probabilities), or an OpenAI-compatible
+    endpoint such as vLLM (`batch_size` requests in flight, options scored from its `logprobs`)."""
     if spec.engine == "transformers":
         return get_backend(spec, dtype=dtype, batch_size=batch_size, progress=True)
     if spec.engine == "llamacpp":
         return get_backend(spec, progress=True)
-    raise UserError(f"{spec}: evaluation runs transformers:MODEL or llamacpp:FILE.gguf models")
+    if spec.engine == "openai":
+        return get_backend(spec, concurrency=batch_size)
+    raise UserError(f"{spec}: evaluation runs transformers:MODEL, llamacpp:FILE.gguf or openai:NAME models")
 
 
 def evaluate(

@@ -13,11 +13,12 @@ from econlm.types import SPLITS
 
 @main.command("eval")
 @corpus_option
-@click.option("--model", "spec", type=ModelSpecParam(("transformers", "llamacpp")), default="econlm", show_default=True,
+@click.option("--model", "spec", type=ModelSpecParam(("transformers", "llamacpp", "openai")), default="econlm", show_default=True,
               help="ENGINE:MODEL. transformers:MODEL (the default engine, so a bare MODEL works): 'econlm' (shipped "
                    "adapter), a training run or adapter dir, a packaged name (smollm2-135m-instruct, gemma3-270m), a "
                    "HF folder, a .gguf file or a hub id. llamacpp:FILE.gguf (`econlm export gguf`): llama.cpp "
-                   "(extra [fast]), title and classify.")
+                   "(extra [fast]), title and classify. openai:NAME: a chat endpoint at $OPENAI_BASE_URL, e.g. "
+                   "`econlm serve --engine vllm` (--batch-size requests at a time), title and classify.")
 @click.option("--backend", "backend_kind", type=click.Choice(["transformers", "llamacpp"]), default=None, hidden=True,
               help="Deprecated: use --model ENGINE:MODEL.")
 @click.option("--task", required=True, help="title, classify, qa (Q&A and MMLU-econ; more options: econlm qa eval), "
