@@ -1,33 +1,21 @@
-"""End to end in a real headless Chromium: `econlm app` with the real models, an uploaded PDF, a
-question, a cited answer, and a screenshot.
-
-Uses Debian's chromium (`apt-get install chromium`, done by `make install-ci`) through Python
-Playwright with `executable_path`; no browser is downloaded.
-"""
+"""End to end in a real headless Chromium (see `app_server`): `econlm app` with the real models,
+an uploaded PDF, a question, a cited answer, and a screenshot."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-
+from app_server import CHROMIUM, CHROMIUM_ARGS, free_port, require_chromium, running_app
 from fakes import make_pdf
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
 MODEL = "transformers:smollm2-135m-instruct"
 PAGES = [
     "Freedonia monetary policy report. The central bank of Freedonia raised its policy rate to 4.5 percent "
@@ -37,30 +25,9 @@ PAGES = [
 QUESTION = "What did the central bank of Freedonia do in March 2024?"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"econlm app exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"econlm app did not come up in {seconds:.0f}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture
 def app_url(tmp_path, small_corpus):
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make install-ci / WITH_BROWSER=1 scripts/install.sh)")
+    require_chromium()
     home = tmp_path / "home"
     home.mkdir()
     # Reuse the converted base model of the test home (the conversion is not what is tested here).
@@ -72,21 +39,9 @@ def app_url(tmp_path, small_corpus):
     subprocess.run([*econlm, "index", "build", "--corpus", str(small_corpus)], env=env, check=True,
                    capture_output=True, timeout=600)
     port = free_port()
-    log = tmp_path / "app.log"
-    with log.open("w") as log_file:
-        proc = subprocess.Popen([*econlm, "app", "--port", str(port), "--model", MODEL],
-                                env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(url, proc, log)
+    command = [*econlm, "app", "--port", str(port), "--model", MODEL]
+    with running_app(command, port, env, tmp_path / "app.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_upload_ask_and_see_a_cited_answer(app_url, tmp_path):

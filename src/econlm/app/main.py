@@ -1,18 +1,24 @@
 """Entry script of the Streamlit app: `econlm app` runs `streamlit run` on this file."""
 
+from pathlib import Path
+
 import streamlit as st
 
 from econlm.app import settings, state
+
+# Found beside this file, so a script that sets the session up and then runs this one (the browser
+# tests do, with a fake model) gets the same pages.
+VIEWS = Path(__file__).resolve().parent / "views"
 
 st.set_page_config(page_title="econlm", page_icon=":material/school:", layout="wide")
 
 pages = st.navigation(
     [
-        st.Page("views/title.py", title="Title", icon=":material/title:", default=True),
-        st.Page("views/classify.py", title="Classify", icon=":material/category:"),
-        st.Page("views/ask.py", title="Ask", icon=":material/chat:"),
-        st.Page("views/papers.py", title="Papers", icon=":material/library_books:"),
-        st.Page("views/documents.py", title="My documents", icon=":material/upload_file:"),
+        st.Page(VIEWS / "title.py", title="Title", icon=":material/title:", default=True),
+        st.Page(VIEWS / "classify.py", title="Classify", icon=":material/category:"),
+        st.Page(VIEWS / "ask.py", title="Ask", icon=":material/chat:"),
+        st.Page(VIEWS / "papers.py", title="Papers", icon=":material/library_books:"),
+        st.Page(VIEWS / "documents.py", title="My documents", icon=":material/upload_file:"),
     ]
 )
 with st.sidebar:
