@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from econlm.data import templates
-from econlm.data.templates import ChatTemplate, CompletionTemplate, PromptTemplate
+from econlm.data.templates import ChatTemplate, CompletionTemplate, FollowUpTemplate, PromptTemplate
 from econlm.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_every_recorded_template_id_resolves():
 def test_one_type_one_id_per_template():
     every = templates.all_templates()
     assert len({t.id for t in every}) == len(every)
-    assert all(isinstance(t, (ChatTemplate, CompletionTemplate)) for t in every)
+    assert all(isinstance(t, (ChatTemplate, CompletionTemplate, FollowUpTemplate)) for t in every)
     assert {t.id for t in templates.TEMPLATES.values()} <= {t.id for t in every}
     assert templates.get("econ-title-oneshot@1") is templates.ONE_SHOT_TITLE
 
@@ -71,3 +71,11 @@ def test_chat_template_renders_system_worked_turns_then_user():
     assert messages[0].role == "system" and "You write 3 question-answer pairs" in messages[0].content
     assert [m.role for m in messages[1:-1]] == ["user", "assistant"] * len(template.examples)
     assert messages[-1].content == "Abstract: We study {braces} in prices."
+
+
+def test_follow_up_template_starts_with_its_first_tasks_prompt():
+    template = templates.CLASSIFY_THEN_TITLE
+    messages = template.prompt(first_answer="Econometrics", abstract="We estimate demand.")
+    assert messages[: len(messages) - 2] == templates.CLASSIFY.prompt(abstract="We estimate demand.")
+    assert [m.role for m in messages[-2:]] == ["assistant", "user"] and messages[-2].content == "Econometrics"
+    assert template.tasks == (template.first.task, "title") and templates.get(template.id) is template

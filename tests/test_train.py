@@ -19,7 +19,7 @@ from econlm.training import merge_run, train
 from econlm.training.data import (
     Encoded,
     Schedule,
-    answer_loss_sum,
+    answer_token_losses,
     collate,
     encode_example,
     micro_batches,
@@ -93,13 +93,14 @@ def test_packed_logits_equal_unpacked_logits(tiny_llama, tokenizer, papers):
             offset += len(item.input_ids)
         # The training loss agrees too: packed, padded and one by one.
         padded = collate(items, packed=False, pad_id=tokenizer.pad_token_id)
-        one_by_one = sum(answer_loss_sum(model, collate([i], False, tokenizer.pad_token_id)) for i in items)
-        torch.testing.assert_close(answer_loss_sum(model, packed), one_by_one, atol=1e-4, rtol=1e-5)
-        torch.testing.assert_close(answer_loss_sum(model, padded), one_by_one, atol=1e-4, rtol=1e-5)
+        one_by_one = sum(answer_token_losses(model, collate([i], False, tokenizer.pad_token_id)).sum() for i in items)
+        torch.testing.assert_close(answer_token_losses(model, packed).sum(), one_by_one, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(answer_token_losses(model, padded).sum(), one_by_one, atol=1e-4, rtol=1e-5)
 
 
 def _fake(task: str, n: int, length: int = 10) -> list[Encoded]:
-    return [Encoded(f"{task}-{i}", task, [1] * (length + i % 7), [False] * (length - 1) + [True] * (1 + i % 7), False)
+    return [Encoded(f"{task}-{i}", task, [1] * (length + i % 7), [False] * (length - 1) + [True] * (1 + i % 7), False,
+                    (task,), (0,) * (1 + i % 7))
             for i in range(n)]
 
 

@@ -80,6 +80,11 @@ class DataConfig(_Section):
                             "their first user message (the abstract or question), never the answer.")
     max_train_examples_per_task: int | None = Field(None, ge=1, description="Use only the first N (seeded order) train examples of each task.")
     val_examples_per_task: int = Field(64, ge=1, description="Fixed validation subset per task (the first N in corpus order), for cheap, comparable val loss.")
+    sequences: Literal["per-task", "classify-then-title"] = Field(
+        "per-task", description="per-task: one sequence per example. classify-then-title: one sequence per paper, "
+        "the category turn then the title turn (two answers, the abstract encoded once: about half the tokens); "
+        "needs tasks title and classify with the same weight, which then counts papers.",
+    )
 
     @field_validator("tasks")
     @classmethod
@@ -95,6 +100,13 @@ class DataConfig(_Section):
     def _qa_needs_file(self) -> "DataConfig":
         if "qa" in self.tasks and self.qa_file is None:
             raise ValueError("task qa needs data.qa_file (question-answer pairs JSONL)")
+        return self
+
+    @model_validator(mode="after")
+    def _joint_needs_both_tasks(self) -> "DataConfig":
+        if self.sequences == "classify-then-title" and (
+                {"title", "classify"} - set(self.tasks) or self.tasks["title"] != self.tasks["classify"]):
+            raise ValueError("sequences classify-then-title needs tasks title and classify, with the same weight")
         return self
 
 
@@ -119,7 +131,18 @@ class TrainSettings(_Section):
     optimizer: Literal["adamw", "paged_adamw_32bit", "paged_adamw_8bit"] = Field(
         "adamw", description="paged_* come from bitsandbytes (CUDA, `econlm[gpu]`): optimizer state paged to CPU under memory pressure."
     )
+    loss_average: Literal["token", "task", "answer"] = Field(
+        "token", description="How a step's answer-token losses are averaged. token: all tokens alike (titles, ~15 "
+        "tokens, outweigh one-token labels). task: each task's mean token loss, then their mean weighted by "
+        "task_loss_weights. answer: each answer's mean token loss counts the same (per-example averaging).",
+    )
+    task_loss_weights: dict[str, float] | None = Field(
+        None, description="Task -> weight of its mean loss under loss_average=task (default 1 each).")
     eval_every: int = Field(100, ge=1, description="Validation loss every N steps (and at the end); the best adapter is kept.")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop once this many evaluations in a row did not lower the mean validation loss; "
+        "the best adapter is the run's (null: train all steps).",
+    )
     checkpoint_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Keep the last K checkpoints.")
     log_every: int = Field(1, ge=1, description="Write a train_log.jsonl row every N steps.")
@@ -132,6 +155,18 @@ class TrainConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @model_validator(mode="after")
+    def _loss_weights_name_trained_tasks(self) -> "TrainConfig":
+        weights = self.train.task_loss_weights
+        if weights is None:
+            return self
+        if self.train.loss_average != "task":
+            raise ValueError("train.task_loss_weights needs train.loss_average=task")
+        unknown = [t for t in weights if t not in self.data.tasks]
+        if unknown or any(w <= 0 for w in weights.values()):
+            raise ValueError(f"train.task_loss_weights: give trained tasks ({', '.join(self.data.tasks)}) weights > 0")
+        return self
 
     @model_validator(mode="after")
     def _one_example_fits_a_micro_batch(self) -> "TrainConfig":

@@ -35,8 +35,8 @@ from typing import Any
 from econlm import provenance
 from econlm.backends import Backend, Decoding, EngineSpec, get_backend
 from econlm.data.corpus import load_papers, split_files
-from econlm.data.templates import (ANSWER_TO_LABEL, CLASSIFY, LABEL_TO_ANSWER, ONE_SHOT_CLASSIFY, ONE_SHOT_TITLE,
-                                   TITLE)
+from econlm.data.templates import (ANSWER_TO_LABEL, CLASSIFY, CLASSIFY_THEN_TITLE, LABEL_TO_ANSWER, ONE_SHOT_CLASSIFY,
+                                   ONE_SHOT_TITLE, TITLE)
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, write_jsonl
 from econlm.metrics import classification_report, plot_confusion_matrix, title_report
@@ -170,6 +170,10 @@ def evaluate(
     plots to `out_dir`. The backend is the caller's, so one load serves both tasks. `shots` sets
     the number of few-shot examples (default FEW_SHOTS[task])."""
     check_task(task)
+    from econlm.backends.hf import TransformersBackend
+
+    if decoding.num_beams > 1 and not isinstance(backend, TransformersBackend):
+        raise UserError(f"{backend.name}: beam search (--num-beams) runs on the transformers engine only")
     papers = load_split(corpus_dir, split, limit, seed)
     mode = resolve_prompting(prompting, backend)
     if shots is not None and (mode != "few-shot" or shots < 1):
@@ -183,17 +187,21 @@ def evaluate(
     training = training_record(backend.model_ref)
     expected = (TITLE if task == "title" else CLASSIFY).id
     trained_with = training.get("templates", {}).get(task) if training else None
-    if mode == "zero-shot" and trained_with and trained_with != expected:
+    # A model trained on classify-then-title sequences is asked as it was trained: the category with
+    # the sequence's first turn (CLASSIFY's prompt), the title after its own answer to that turn.
+    joint = mode == "zero-shot" and trained_with == CLASSIFY_THEN_TITLE.id
+    if mode == "zero-shot" and trained_with and trained_with != expected and not joint:
         raise UserError(f"{backend.model_ref} was trained with prompt template {trained_with}, but this econlm "
                         f"evaluates {task} with {expected}; evaluate it with the econlm version that trained it")
 
     started = time.perf_counter()
     if task == "title":
-        predictions, template_id = _titles(backend, papers, mode, examples, decoding)
+        predictions, template_id = _titles(backend, papers, mode, examples, decoding, joint)
         references = [p.reference for p in predictions]
         report = title_report([p.prediction for p in predictions], references)
     else:
         predictions, template_id = _classify(backend, papers, mode, examples)
+        template_id = CLASSIFY_THEN_TITLE.id if joint else template_id
         report = classification_report(
             [p.label for p in predictions], [p.predicted_label for p in predictions], LABELS
         )
@@ -244,8 +252,15 @@ def _uses_chat(backend, mode: str) -> bool:
     return mode == "zero-shot" or (mode == "few-shot" and backend.has_chat_template)
 
 
-def _titles(backend, papers: list[Paper], mode: str, examples: list[Paper], decoding: Decoding):
-    if _uses_chat(backend, mode):
+def _titles(backend, papers: list[Paper], mode: str, examples: list[Paper], decoding: Decoding, joint: bool):
+    if joint:
+        scores = backend.score_options(_chat_prompts(CLASSIFY, "classify", papers, []), ANSWERS)
+        labels = [ANSWERS[max(range(len(ANSWERS)), key=row.__getitem__)] for row in scores]
+        conversations = [[m.model_dump() for m in CLASSIFY_THEN_TITLE.prompt(first_answer=label, abstract=p.abstract)]
+                         for p, label in zip(papers, labels)]
+        outputs = backend.chat(conversations, decoding)
+        template_id = CLASSIFY_THEN_TITLE.id
+    elif _uses_chat(backend, mode):
         outputs = backend.chat(_chat_prompts(TITLE, "title", papers, examples), decoding)
         template_id = TITLE.id
     else:

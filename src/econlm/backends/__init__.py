@@ -40,6 +40,8 @@ class Decoding:
     top_p: float = 1.0
     num_return_sequences: int = 1
     seed: int = 0
+    num_beams: int = 1  # > 1: beam search (greedy over beams; the transformers engine only)
+    length_penalty: float = 1.0  # beam search: score = log-prob / length ** length_penalty
 
     @property
     def greedy(self) -> bool:

@@ -148,6 +148,8 @@ class TransformersBackend:
             top_p=decoding.top_p if not decoding.greedy else None,
             top_k=None,
             num_return_sequences=decoding.num_return_sequences,
+            num_beams=decoding.num_beams,
+            length_penalty=decoding.length_penalty if decoding.num_beams > 1 else None,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
             stop_strings=list(stop) or None,

@@ -37,10 +37,14 @@ from econlm.types import SPLITS
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy decoding.")
 @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
               help="Nucleus sampling (with --temperature > 0).")
+@click.option("--num-beams", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Beam search over N beams for titles (transformers engine; 1 = greedy or sampling).")
+@click.option("--length-penalty", default=1.0, show_default=True,
+              help="With --num-beams > 1: beams scored by log-prob / length ** P (> 1 favours longer titles).")
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling, --limit subsets and the shot examples.")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output directory.")
 def eval_(corpus, spec, backend_kind, task, split, limit, prompting, shots, batch_size, dtype, max_new_tokens, temperature,
-          top_p, seed, out):
+          top_p, num_beams, length_penalty, seed, out):
     """Evaluate a model on title generation or classification.
 
     Reads CORPUS/<split>.jsonl (and train.jsonl for one- and few-shot prompts) and the model; writes
@@ -80,7 +84,8 @@ def eval_(corpus, spec, backend_kind, task, split, limit, prompting, shots, batc
         echo_rag_report(report, out)
         return
     check_task(task)
-    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                        num_beams=num_beams, length_penalty=length_penalty)
     report = evaluate(load_backend(spec, batch_size=batch_size, dtype=dtype), task, resolve_corpus(corpus), out,
                       split=split, limit=limit, prompting=prompting, decoding=decoding, seed=seed, shots=shots)
     shown = {k: v for k, v in report.metrics.items() if isinstance(v, float)}

@@ -33,7 +33,7 @@ class PromptTemplate:
 
     name: str
     version: str
-    task: str  # "title", "classify", "qa", "qa-synthesis" or "rag"
+    task: str  # "title", "classify", "qa", "classify+title" (one sequence, both answers), "qa-synthesis" or "rag"
 
     @property
     def id(self) -> str:
@@ -57,6 +57,23 @@ class ChatTemplate(PromptTemplate):
         for user, reply in self.examples:
             messages += [Message(role="user", content=user), Message(role="assistant", content=reply)]
         return [*messages, Message(role="user", content=self.user.format(**fields))]
+
+
+@dataclass(frozen=True)
+class FollowUpTemplate(PromptTemplate):
+    """Two tasks on one abstract as one chat: `first`'s prompt and answer, then `follow_up` asked about
+    the same paper. Training puts both answers in one sequence (the abstract is encoded once); at
+    inference `first`'s task sees exactly `first`'s prompt, and the follow-up task sees the
+    conversation cut at its turn, with the model's own first answer in it."""
+
+    first: ChatTemplate
+    follow_up: str
+    tasks: tuple[str, str]  # (first's task, the follow-up's task)
+
+    def prompt(self, first_answer: str, **fields: object) -> list[Message]:
+        """What a model sees when asked the follow-up task."""
+        return [*self.first.prompt(**fields), Message(role="assistant", content=first_answer),
+                Message(role="user", content=self.follow_up)]
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,18 @@ QA = ChatTemplate(
 )
 
 TEMPLATES: dict[str, ChatTemplate] = {t.task: t for t in (TITLE, CLASSIFY, QA)}  # task -> what training uses
+
+# Classification first: its turn is CLASSIFY's prompt token for token, so constrained scoring (eval,
+# the stacked classifier, the app) needs no title; a title then follows the one-token-ish label,
+# which inference picks by one scoring pass instead of generating a whole title first.
+CLASSIFY_THEN_TITLE = FollowUpTemplate(
+    name="econ-classify-title",
+    version="1",
+    task="classify+title",
+    first=CLASSIFY,
+    follow_up="Now write the title of this paper. Answer with the title only.",
+    tasks=("classify", "title"),
+)
 
 # ---------------------------------------------------------------- one-shot evaluation of base models
 
@@ -206,7 +235,8 @@ RAG = ChatTemplate(
 # ---------------------------------------------------------------- the registry
 
 _BY_ID: dict[str, PromptTemplate] = {
-    t.id: t for t in (TITLE, CLASSIFY, QA, ONE_SHOT_TITLE, ONE_SHOT_CLASSIFY, SYNTHESIS_PAIRS, SYNTHESIS_DIALOGUE, RAG)
+    t.id: t for t in (TITLE, CLASSIFY, QA, CLASSIFY_THEN_TITLE, ONE_SHOT_TITLE, ONE_SHOT_CLASSIFY, SYNTHESIS_PAIRS,
+                      SYNTHESIS_DIALOGUE, RAG)
 }
 
 
@@ -229,6 +259,12 @@ def title_messages(paper: Paper) -> list[Message]:
 def classify_messages(paper: Paper) -> list[Message]:
     answer = LABEL_TO_ANSWER[paper.primary_category]
     return [*CLASSIFY.prompt(abstract=paper.abstract), Message(role="assistant", content=answer)]
+
+
+def classify_then_title_messages(paper: Paper) -> list[Message]:
+    """One training sequence for both tasks of a paper: the category turn, then the title turn."""
+    return [*CLASSIFY_THEN_TITLE.prompt(first_answer=LABEL_TO_ANSWER[paper.primary_category], abstract=paper.abstract),
+            Message(role="assistant", content=paper.title)]
 
 
 def qa_messages(pair: QAPair) -> list[Message]:

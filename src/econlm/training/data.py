@@ -5,6 +5,10 @@ chat template over `Example.messages`, then tokenized without extra special toke
 mask marks the tokens of every assistant reply plus its end-of-turn token (so the model learns
 to stop), and nothing else: not the system prompt, the abstract, or the template's markup.
 
+A sequence may hold several answers (a multi-turn Q&A pair, or the classify-then-title sequence
+of one paper), each for its task; the loss of a step averages the answer tokens' cross-entropy by
+token, by task or by answer (`step_token_weights`).
+
 The schedule is a pure function of (seed, step), which is what makes `--resume` exact: the data
 position is just the step number.
 """
@@ -17,22 +21,57 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from econlm.errors import UserError
-from econlm.types import Example
+from econlm.types import Example, Paper
+
+LOSS_AVERAGES = ("token", "task", "answer")
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What is encoded: a chat with one or more assistant answers, and the task of each answer."""
+
+    id: str
+    task: str  # what the schedule weights: the example's task, or "classify+title" for a joint sequence
+    messages: list[dict]
+    answer_tasks: tuple[str, ...]  # one per assistant message, in order
+
+    @classmethod
+    def of(cls, example: Example) -> "Conversation":
+        messages = [m.model_dump() for m in example.messages]
+        n_answers = sum(m["role"] == "assistant" for m in messages)
+        return cls(example.id, example.task, messages, (example.task,) * n_answers)
+
+
+def classify_then_title(papers: Sequence[Paper]) -> list[Conversation]:
+    """One sequence per paper with both answers (`templates.CLASSIFY_THEN_TITLE`)."""
+    from econlm.data.templates import CLASSIFY_THEN_TITLE, classify_then_title_messages
+
+    return [Conversation(f"{CLASSIFY_THEN_TITLE.task}-{p.arxiv_id}", CLASSIFY_THEN_TITLE.task,
+                         [m.model_dump() for m in classify_then_title_messages(p)], CLASSIFY_THEN_TITLE.tasks)
+            for p in papers]
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One tokenized example; `label_mask[i]` is True when token i is part of an assistant answer."""
+    """One tokenized sequence; `label_mask[i]` is True when token i is part of an assistant answer,
+    and `label_answers` says which answer (an index into `answer_tasks`) each such token is part of."""
 
     id: str
     task: str
     input_ids: list[int]
     label_mask: list[bool]
     truncated: bool
+    answer_tasks: tuple[str, ...]
+    label_answers: tuple[int, ...]  # one per True in label_mask, in order
 
     @property
     def n_labels(self) -> int:
-        return sum(self.label_mask)
+        return len(self.label_answers)
+
+    @property
+    def label_tasks(self) -> list[str]:
+        """The task of each answer token, in order."""
+        return [self.answer_tasks[a] for a in self.label_answers]
 
 
 def _render(tokenizer, messages: list[dict], add_generation_prompt: bool = False) -> str:
@@ -63,15 +102,16 @@ def _char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, i
     return text, answers, (content_start, content_start + len(messages[user_index]["content"]))
 
 
-def encode_example(example: Example, tokenizer, max_length: int) -> Encoded:
+def encode_example(example: Example | Conversation, tokenizer, max_length: int) -> Encoded:
     """Tokenize with the chat template; mask all but the answers; fit `max_length` by cutting the end
     of the first user message (the abstract or question), never the answer."""
-    messages = [m.model_dump() for m in example.messages]
-    text, answers, (user_start, user_end) = _char_spans(tokenizer, messages)
+    conversation = example if isinstance(example, Conversation) else Conversation.of(example)
+    text, answers, (user_start, user_end) = _char_spans(tokenizer, conversation.messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = enc["input_ids"]
     starts = [start for start, _ in enc["offset_mapping"]]
-    mask = [any(a <= s < b for a, b in answers) for s in starts]
+    answer_of = [next((k for k, (a, b) in enumerate(answers) if a <= s < b), None) for s in starts]
+    mask = [k is not None for k in answer_of]
     truncated = False
     overflow = len(ids) - max_length
     if overflow > 0:
@@ -79,12 +119,15 @@ def encode_example(example: Example, tokenizer, max_length: int) -> Encoded:
         user_tokens = [i for i, s in enumerate(starts) if user_start <= s < user_end]
         cut = set(user_tokens[-overflow:]) if len(user_tokens) > overflow else set(user_tokens)
         ids = [t for i, t in enumerate(ids) if i not in cut]
-        mask = [m for i, m in enumerate(mask) if i not in cut]
-        ids, mask = ids[:max_length], mask[:max_length]  # only bites when the prompt alone cannot fit
-    return Encoded(example.id, example.task, ids, mask, truncated)
+        answer_of = [k for i, k in enumerate(answer_of) if i not in cut]
+        ids, answer_of = ids[:max_length], answer_of[:max_length]  # only bites when the prompt alone cannot fit
+    if answer_of and answer_of[0] is not None:
+        raise UserError(f"{conversation.id}: starts with an answer token, which nothing before it predicts")
+    return Encoded(conversation.id, conversation.task, ids, [k is not None for k in answer_of], truncated,
+                   conversation.answer_tasks, tuple(k for k in answer_of if k is not None))
 
 
-def encode_all(examples: Sequence[Example], tokenizer, max_length: int) -> tuple[list[Encoded], dict[str, int]]:
+def encode_all(examples: Sequence[Example | Conversation], tokenizer, max_length: int) -> tuple[list[Encoded], dict[str, int]]:
     """Encode examples; drop those whose answer did not survive truncation. Returns (encoded, counts)."""
     encoded, truncated, dropped = [], 0, 0
     for example in examples:
@@ -200,8 +243,45 @@ def collate(items: Sequence[Encoded], packed: bool, pad_id: int) -> dict:
     return {"input_ids": ids, "attention_mask": attention, "label_mask": labels}
 
 
-def answer_loss_sum(model, batch: dict):
-    """Summed next-token cross-entropy over the answer tokens of a micro-batch.
+def step_token_weights(items: Sequence[Encoded], average: str,
+                       task_weights: dict[str, float] | None = None) -> dict[str, list[float]]:
+    """The weight of each answer token of one step's examples (by example id, in token order): the
+    step's loss is the weighted sum of their cross-entropies, the weights summing to 1.
+
+    token: every answer token of the step counts the same (classification's few answer tokens get
+    a small share of the loss). task: each task's mean token loss, then their mean weighted by
+    `task_weights` (default 1 each). answer: each answer's mean token loss counts the same, so a
+    one-token label weighs as much as a title (a step may draw the same example twice; each copy
+    is an answer of its own, with the same weights).
+    """
+    def group(position: int, item: Encoded, answer: int):
+        if average == "token":
+            return "all"
+        if average == "task":
+            return item.answer_tasks[answer]
+        return position, answer
+
+    def weight(key) -> float:
+        return (task_weights or {}).get(key, 1.0) if average == "task" else 1.0
+
+    if average not in LOSS_AVERAGES:
+        raise UserError(f"unknown loss average {average!r}: choose from {', '.join(LOSS_AVERAGES)}")
+    counts: dict = {}
+    for position, item in enumerate(items):
+        for answer in item.label_answers:
+            key = group(position, item, answer)
+            counts[key] = counts.get(key, 0) + 1
+    total = sum(weight(key) for key in counts)
+    weights = {}
+    for position, item in enumerate(items):
+        keys = [group(position, item, answer) for answer in item.label_answers]
+        weights[item.id] = [weight(key) / (counts[key] * total) for key in keys]
+    return weights
+
+
+def answer_token_losses(model, batch: dict):
+    """Next-token cross-entropy of each answer token of a micro-batch, in the order of
+    `collate`'s items and, within each, of its tokens.
 
     Only the positions that predict an answer token go through the output head
     (`logits_to_keep` as a boolean mask): titles and labels are ~5% of the tokens, and the
@@ -217,4 +297,4 @@ def answer_loss_sum(model, batch: dict):
     targets = batch["input_ids"][:, 1:][label_mask[:, 1:]]
     inputs = {k: v for k, v in batch.items() if k != "label_mask"}
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="sum")
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets, reduction="none")

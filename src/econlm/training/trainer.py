@@ -53,7 +53,16 @@ from econlm.training.checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from econlm.training.data import Encoded, Schedule, answer_loss_sum, collate, encode_all, micro_batches
+from econlm.training.data import (
+    Encoded,
+    Schedule,
+    answer_token_losses,
+    classify_then_title,
+    collate,
+    encode_all,
+    micro_batches,
+    step_token_weights,
+)
 from econlm.training.report import TRAIN_CURVE, TrainLog, plot_curve
 
 RUN_FILE = "econlm_run.json"
@@ -104,16 +113,29 @@ def autocast_dtype(config: TrainConfig, device_type: str):
 # --------------------------------------------------------------------------- data
 
 
+def schedule_weights(config: TrainConfig) -> dict[str, float]:
+    """What one epoch draws, by sequence kind: the tasks, or with classify-then-title sequences one
+    kind holding both paper tasks (their common weight) beside any others."""
+    from econlm.data.templates import CLASSIFY_THEN_TITLE
+
+    tasks = config.data.tasks
+    if config.data.sequences == "per-task":
+        return dict(tasks)
+    others = {task: weight for task, weight in tasks.items() if task not in CLASSIFY_THEN_TITLE.tasks}
+    return {CLASSIFY_THEN_TITLE.task: tasks["title"], **others}
+
+
 def training_examples(config: TrainConfig) -> tuple[dict[str, list], dict[str, list], dict[str, Any]]:
     """(train examples per task, fixed validation subset per task, data provenance) from the corpus.
 
     Built with the same functions as `econlm data build` (leak filter, templates, seeded order),
-    so the examples equal a built dataset's `<task>/train.jsonl` for the same seed.
+    so the examples equal a built dataset's `<task>/train.jsonl` for the same seed. With
+    classify-then-title sequences the two paper tasks are one kind of sequence, one per paper.
     """
     from econlm.data.build import drop_leaks, paper_examples, qa_examples
     from econlm.data.corpus import load_corpus
     from econlm.paths import default_corpus
-    from econlm.types import QAPair
+    from econlm.types import TASKS, QAPair
 
     corpus_dir = Path(config.data.corpus) if config.data.corpus else default_corpus()
     corpus = load_corpus(corpus_dir)
@@ -121,10 +143,13 @@ def training_examples(config: TrainConfig) -> tuple[dict[str, list], dict[str, l
     pairs = list(QAPair.read_jsonl(config.data.qa_file)) if config.data.qa_file else []
     train: dict[str, list] = {}
     validation: dict[str, list] = {}
-    for task in config.data.tasks:
+    for task in schedule_weights(config):
         if task == "qa":
             train[task] = qa_examples(pairs, train_papers, "train")
             validation[task] = qa_examples(pairs, corpus["validation"], "validation")
+        elif task not in TASKS:
+            train[task] = classify_then_title(train_papers)
+            validation[task] = classify_then_title(corpus["validation"])
         else:
             train[task] = paper_examples(task, train_papers, "train")
             validation[task] = paper_examples(task, corpus["validation"], "validation")
@@ -225,6 +250,7 @@ def build_optimizer(config: TrainConfig, model, total_steps: int):
 def validation_loss(model, sets: dict[str, list[Encoded]], token_budget: int, pad_id: int, amp_dtype, device,
                     accelerator=None) -> dict[str, float]:
     """Mean cross-entropy per answer token, per task (padded batches; independent of `batching`).
+    A set of classify-then-title sequences scores each answer under its own task.
 
     Given the `accelerator` of several processes, each scores its share of every set and the sums
     are added up, so the processes split the work instead of each repeating all of it.
@@ -232,20 +258,26 @@ def validation_loss(model, sets: dict[str, list[Encoded]], token_budget: int, pa
     import torch
 
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    tasks = list(dict.fromkeys(task for items in sets.values() for e in items for task in e.answer_tasks))
+    row_of = {task: row for row, task in enumerate(tasks)}
     was_training = model.training
     model.eval()
-    sums = torch.zeros((len(sets), 2), dtype=torch.float64, device=device)  # per task: loss sum, answer tokens
+    loss_sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    token_counts = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     with torch.no_grad():
-        for row, items in enumerate(sets.values()):
+        for items in sets.values():
             for batch in micro_batches(items, token_budget, packed=False, rank=rank, world_size=world):
                 tensors = {k: v.to(device) for k, v in collate(batch, False, pad_id).items()}
+                rows = torch.tensor([row_of[task] for e in batch for task in e.label_tasks], device=device)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    sums[row, 0] += answer_loss_sum(model, tensors).double()
-                sums[row, 1] += sum(e.n_labels for e in batch)
+                    losses = answer_token_losses(model, tensors).double()
+                loss_sums.index_add_(0, rows, losses)
+                token_counts.index_add_(0, rows, torch.ones_like(losses))
+    sums = torch.stack([loss_sums, token_counts])
     if world > 1:
         sums = accelerator.reduce(sums, "sum")
     model.train(was_training)
-    return {task: (sums[row, 0] / sums[row, 1]).item() for row, task in enumerate(sets)}
+    return {task: (sums[0, row] / sums[1, row]).item() for row, task in enumerate(tasks)}
 
 
 # --------------------------------------------------------------------------- the run
@@ -349,7 +381,7 @@ class Run:
     def _setup_schedule(self) -> None:
         """Which examples each step trains on: a pure function of (seed, step), so resuming needs only the step."""
         settings = self.config.train
-        self.schedule = Schedule(self.train_encoded, self.config.data.tasks, settings.batch_size, settings.seed,
+        self.schedule = Schedule(self.train_encoded, schedule_weights(self.config), settings.batch_size, settings.seed,
                                  settings.epochs, settings.max_steps)
 
     def _prepare_run_dir(self) -> None:
@@ -436,12 +468,15 @@ class Run:
                                  "tokens_per_s": round(stats.tokens / stats.seconds, 1)})
             bar.set_postfix(loss=f"{stats.loss:.3f}", tok_s=f"{stats.tokens / stats.seconds:.0f}", refresh=False)
             bar.update(1)
-            last = done == total
+            last = stop = done == total
             if done % settings.eval_every == 0 or last:
                 mean = self._evaluate()
                 bar.set_postfix(loss=f"{stats.loss:.3f}", val=f"{mean:.3f}", refresh=False)
-            if done % settings.checkpoint_every == 0 or last:
-                self._save_checkpoint(finished=last)
+                stop = last or self._patience_exhausted()
+            if done % settings.checkpoint_every == 0 or stop:
+                self._save_checkpoint(finished=stop)
+            if stop:
+                break
         bar.close()
         if self.is_main:
             self._write_metrics(finished=True)
@@ -456,7 +491,7 @@ class Run:
         packed = settings.batching == "packed"
         started, cpu_started = time.perf_counter(), time.process_time()
         step_items = self.schedule.step_examples(step)
-        n_labels = sum(e.n_labels for e in step_items)
+        token_weights = step_token_weights(step_items, settings.loss_average, settings.task_loss_weights)
         step_tokens = sum(len(e.input_ids) for e in step_items)
         batches = micro_batches(step_items, settings.micro_batch_tokens, packed, accelerator.process_index, world)
         own_padded_tokens = sum(len(b) * len(b[0].input_ids) if not packed else sum(len(e.input_ids) for e in b)
@@ -464,13 +499,14 @@ class Run:
         loss_sum = torch.zeros((), device=device)
         for i, batch in enumerate(batches):
             tensors = {k: v.to(device) for k, v in collate(batch, packed, self.tokenizer.pad_token_id).items()}
+            weights = torch.tensor([w for e in batch for w in token_weights[e.id]], device=device)
             sync = i == len(batches) - 1
             with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
                 with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-                    batch_loss = answer_loss_sum(self.model, tensors)
+                    batch_loss = (answer_token_losses(self.model, tensors) * weights).sum()
                 # DDP averages gradients over processes; scaling by `world` makes the result the
-                # mean over every answer token of the step, however the step was split.
-                accelerator.backward(batch_loss * world / n_labels)
+                # step's weighted loss (weights summing to 1 over the step), however it was split.
+                accelerator.backward(batch_loss * world)
             loss_sum += batch_loss.detach()
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
@@ -480,14 +516,14 @@ class Run:
         self.optimizer.zero_grad(set_to_none=True)
         own_sums = torch.stack([loss_sum.double(),
                                 torch.tensor(own_padded_tokens, dtype=torch.float64, device=device)])
-        step_loss_sum, padded_tokens = accelerator.reduce(own_sums, "sum").tolist()
+        step_loss, padded_tokens = accelerator.reduce(own_sums, "sum").tolist()
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
         state = self.state
         state.step = step + 1
         state.train_seconds += seconds
         state.train_cpu_seconds += cpu_seconds
         state.train_tokens += step_tokens
-        return StepStats(loss=step_loss_sum / n_labels, lr=lr, grad_norm=float(grad_norm), tokens=step_tokens,
+        return StepStats(loss=step_loss, lr=lr, grad_norm=float(grad_norm), tokens=step_tokens,
                          padded_tokens=int(padded_tokens), seconds=seconds, cpu_seconds=cpu_seconds)
 
     def _evaluate(self) -> float:
@@ -507,6 +543,15 @@ class Run:
             self._write_metrics(finished=False)
         return mean
 
+    def _patience_exhausted(self) -> bool:
+        """Whether the last `early_stopping_patience` evaluations all failed to improve on the best.
+        Evaluations fall on multiples of eval_every, so the count follows from the step and the best
+        step alone: a resumed run stops where an uninterrupted one would, with no extra state."""
+        patience, every = self.config.train.early_stopping_patience, self.config.train.eval_every
+        state = self.state
+        return patience is not None and state.best_step is not None and \
+            state.step // every - state.best_step // every >= patience
+
     def _save_checkpoint(self, finished: bool) -> None:
         """Process 0 writes the checkpoint (the weights and optimizer are the same in every process),
         with every process's RNG state; the others wait until it is on disk."""
@@ -522,9 +567,10 @@ class Run:
     # ----------------------------------------------------------------------- records
 
     def _write_run_file(self, base_hash: str) -> None:
-        from econlm.data.templates import TEMPLATES
+        from econlm.data.templates import CLASSIFY_THEN_TITLE, TEMPLATES
 
         schedule = self.schedule
+        joint = self.config.data.sequences == "classify-then-title"
         atomic_write_json(self.run_dir / RUN_FILE, {
             "econlm_version": __version__,
             "created": provenance.utc_now(),
@@ -532,7 +578,8 @@ class Run:
             "seed": self.config.train.seed,
             "base_model": self.base_ref,
             "base_model_hash": base_hash,
-            "templates": {task: TEMPLATES[task].id for task in self.config.data.tasks},
+            "templates": {task: (CLASSIFY_THEN_TITLE if task in CLASSIFY_THEN_TITLE.tasks and joint else TEMPLATES[task]).id
+                          for task in self.config.data.tasks},
             "chat_template_sha256": hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest(),
             "data": {**self.data_provenance, "encoded": self.encoded_counts},
             "schedule": {"examples_per_epoch": schedule.epoch_size, "steps_per_epoch": schedule.steps_per_epoch,
@@ -574,9 +621,11 @@ class Run:
             "steps_done": state.step,
             "total_steps": schedule.total_steps,
             "epochs_done": round(schedule.epoch_of(state.step), 3),
+            "stopped_early": finished and state.step < schedule.total_steps,
             "best_step": state.best_step,
             "best_val_loss_mean": state.best_val_loss,
             "best_val_loss": state.best_val_loss_per_task,
+            "val_loss": [{"step": r["step"], "mean": r["val_loss_mean"], **r["val_loss"]} for r in rows if "val_loss" in r],
             "final_train_loss_last10": sum(r["loss"] for r in last) / len(last) if last else None,
             "train_seconds": round(state.train_seconds, 1),
             "train_tokens": state.train_tokens,
