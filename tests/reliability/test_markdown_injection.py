@@ -80,12 +80,12 @@ def test_payloads_in_names_passages_questions_and_replies_are_shown_as_text(app_
 
     leak, requested = leak_url
     names = ["![img](injected-name.png).md", "**bold**.md", "<img src=injected-name-html.png>.txt",
-             "[link](javascript:alert(1)).md"]
+             "[link](javascript:alert(1)).md", ":red[red] :smile: $x^2$ &amp; &lt;b&gt;.md"]
     passage = (f"Tariffs ![p]({leak}/injected-passage.png) **strong passage** "
                f"<img src='{leak}/injected-passage-html.png'> [plink](javascript:alert(2)) raise consumer prices.")
     files = [{"name": name, "mimeType": "text/plain", "buffer": f"{passage} Note {i} on trade.".encode()}
              for i, name in enumerate(names)]
-    question = f"What do **tariffs** ![q]({leak}/injected-question.png) do to prices?"
+    question = f"What do **tariffs** ![q]({leak}/injected-question.png) :red[do] :material/home: to prices?"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -99,7 +99,7 @@ def test_payloads_in_names_passages_questions_and_replies_are_shown_as_text(app_
             page.get_by_role("button", name="Add to index").click()
             for name in names:  # the "Indexed ..." messages
                 expect(page.get_by_text(f"Indexed {name} (1 pages, 1 chunks)", exact=True)).to_be_visible()
-            caption = page.get_by_text("4 document(s)")  # the index caption lists every file name
+            caption = page.get_by_text(f"{len(names)} document(s)")  # the index caption lists every file name
             for name in names:
                 expect(caption).to_contain_text(f"{name} (1 p.)")
 
@@ -117,10 +117,11 @@ def test_payloads_in_names_passages_questions_and_replies_are_shown_as_text(app_
             documents_page = made_from_payloads(page, leak)
 
             page.get_by_role("link", name="Title", exact=True).click()
-            page.get_by_label("Abstract").fill(f"**Bold** ![t]({leak}/injected-title.png) <b>tag</b> [t](javascript:x) title words")
+            page.get_by_label("Abstract").fill(f"**Bold** ![t]({leak}/injected-title.png) <b>tag</b> [t](javascript:x) "
+                                               ":red[red] :material/home: title words")
             page.get_by_text("Also suggest 3 alternatives").click()
             page.get_by_role("button", name="Suggest a title").click()
-            expect(page.get_by_role("heading", name="**Bold**")).to_be_visible()
+            expect(page.get_by_role("heading", name="**Bold**")).to_contain_text(":Red[Red] :Material/Home:")
             expect(page.get_by_text("(Variant 2)")).to_be_visible()
 
             title_page = made_from_payloads(page, leak)
