@@ -355,9 +355,12 @@ def finalize(text: str, hits: Sequence[Hit], question: str | None = None) -> Ans
     question_terms = terms(question) if question else frozenset()
     claims: list[tuple[str, str, frozenset[str]]] = []
     seen: set[str] = set()
+    question_numbers = numbers(question) if question else frozenset()
     for claim in sentences(text):
         key = _norm(claim)
-        quote = None if key in seen else supporting_quote(claim, passage_quotes)
+        # A question, or the question said back ("The average tariff on steel in 2022."), states nothing.
+        echo = claim.endswith("?") or (question_terms and terms(claim) <= question_terms and numbers(claim) <= question_numbers)
+        quote = None if key in seen or echo else supporting_quote(claim, passage_quotes)
         seen.add(key)
         if quote is not None and _share(terms(claim), quote.terms) >= COPIED_SHARE:  # copied: quoted whole
             claims.append((quote.text, quote.label, quote.terms))
