@@ -122,7 +122,7 @@ OUTPUT_MARKER = ".econlm-output.json"  # written last into every directory `atom
 # models convert; merge; classifier fit; checkpoints).
 LEGACY_MANIFESTS = ("manifest.json", "metrics.json", "summary.json", "results.json", "econlm_model.json",
                     "econlm_merged.json", "classifier.json", "trainer_state.json")
-TRAINING_RUN_FILE = "econlm_run.json"
+TRAINING_RUN_FILE = "econlm_run.json"  # with checkpoints/ beside it: a training run, never replaced
 _RENAME_EXCHANGE = 2  # linux/fs.h
 
 
@@ -131,7 +131,7 @@ def check_out_dir(path: str | Path) -> Path:
 
     Allowed: a missing path, an empty directory, or one econlm wrote (its OUTPUT_MARKER lists
     every entry, or, from earlier versions, it holds one of LEGACY_MANIFESTS) holding nothing
-    else. Returns where the directory is written (a symbolic link's target). Commands call it
+    else, unless it is a training run (hours of work that no output should replace). Returns where the directory is written (a symbolic link's target). Commands call it
     before long work so a refusal comes first; `atomic_dir` calls it again before the swap.
     """
     given = Path(path)
@@ -143,7 +143,7 @@ def check_out_dir(path: str | Path) -> Path:
         raise UserError(f"{given}: is a file, not a directory; give a directory to write")
     if not target.is_dir():
         return target
-    if (target / TRAINING_RUN_FILE).is_file():
+    if (target / TRAINING_RUN_FILE).is_file() and (target / "checkpoints").is_dir():
         raise UserError(f"{given}: is a training run directory; econlm does not replace it, choose another directory")
     foreign = _foreign_entries(target)
     if foreign:

@@ -167,5 +167,48 @@ def test_a_reader_never_finds_the_index_missing_or_partial_while_it_is_rewritten
     assert _papers(out) == 3 + 39 % 3 and _leftovers(out) == []
 
 
+def _made_by_econlm(out: Path) -> None:
+    from econlm.io import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        (tmp / "metrics.json").write_text("{}")
+
+
+# what is at OUT -> whether atomic_dir may replace it
+OUT_STATES = {
+    "missing": (lambda out: None, True),
+    "empty": (lambda out: out.mkdir(), True),
+    "written by econlm": (_made_by_econlm, True),
+    "written by econlm, then a user's file added": (lambda out: (_made_by_econlm(out), (out / "notes.md").write_text("x")), False),
+    "written by an earlier econlm (its manifest, no marker)": (
+        lambda out: (out.mkdir(), (out / "manifest.json").write_text("{}"), (out / "train").mkdir()), True),
+    "a user's folder": (lambda out: (out.mkdir(), (out / "thesis.tex").write_text("x")), False),
+    "a file": (lambda out: out.write_text("x"), False),
+    "a shipped adapter (econlm_run.json, no checkpoints)": (
+        lambda out: (out.mkdir(), (out / "econlm_run.json").write_text("{}"), (out / "metrics.json").write_text("{}")), True),
+    "a training run": (lambda out: (out.mkdir(), (out / "econlm_run.json").write_text("{}"),
+                                    (out / "metrics.json").write_text("{}"), (out / "checkpoints").mkdir()), False),
+}
+
+
+@pytest.mark.parametrize("state", list(OUT_STATES))
+def test_only_a_directory_econlm_wrote_is_replaced(state, tmp_path):
+    from econlm.errors import UserError
+    from econlm.io import OUTPUT_MARKER, atomic_dir
+
+    make, replaced = OUT_STATES[state]
+    out = tmp_path / "out"
+    make(out)
+    before = {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
+    if replaced:
+        with atomic_dir(out) as tmp:
+            (tmp / "new.txt").write_text("new")
+        assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARKER, "new.txt"]
+    else:
+        with pytest.raises(UserError, match=f"^{out}: (not replaced|is a file|is a training run)"):
+            with atomic_dir(out) as tmp:
+                (tmp / "new.txt").write_text("new")
+        assert {str(p.relative_to(tmp_path)): p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before
+
 if __name__ == "__main__":
     _writer(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]))
