@@ -16,7 +16,7 @@ PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
 def test_the_issue_presets_are_shipped():
-    assert {"cpu-smollm2-lora", "debug", "llama2-7b-qlora"} <= set(PRESETS)
+    assert {"cpu-smollm2-lora", "cpu-qwen2.5-0.5b-lora", "debug", "llama2-7b-qlora"} <= set(PRESETS)
     assert (PRESETS_DIR / "accelerate" / "ddp.yaml").is_file()
 
 
@@ -121,3 +121,10 @@ def test_the_default_preset_trains_on_the_shipped_qa_pairs():
     config = load_config("cpu-smollm2-lora")
     assert set(config.data.tasks) == {"title", "classify", "qa"}
     assert config.data.qa_file.is_file()
+
+
+def test_the_qwen_preset_trains_both_answers_of_a_paper_with_task_balanced_loss_and_early_stopping():
+    config = load_config("cpu-qwen2.5-0.5b-lora")
+    assert config.model.base == "qwen2.5-coder-0.5b-instruct" and config.data.sequences == "classify-then-title"
+    assert config.train.loss_average == "task" and config.train.early_stopping_patience == 2
+    assert config.train.epochs > 1 and config.train.checkpoint_every < config.train.eval_every
