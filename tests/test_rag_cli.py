@@ -82,4 +82,5 @@ def test_bench_rag_writes_json_and_plot(small_corpus, tmp_path, home):
     assert all(0 <= m["recall_at_10"] <= 1 for m in row["hnsw"]["efSearch"].values())
     assert row["hybrid"]["hnsw"]["timed_queries"] == 20 and 0 <= row["hybrid"]["hnsw"]["recall_at_10"] <= 1
     assert [t["measured"] for t in data["targets"]] == [False, False]  # no 100k or 1M size in this run
+    assert data["complete"] is True
     assert out.with_suffix(".png").stat().st_size > 1000

@@ -202,7 +202,11 @@ def test_a_tiny_rag_benchmark(small_corpus, tmp_path, embedder):
     """`econlm bench rag` end to end on a few hundred chunks: every figure present, exact search its own reference."""
     from econlm.bench.rag import EF_SEARCH, run_rag_bench
 
-    result = run_rag_bench(small_corpus, tmp_path, embedder, sizes=[300], n_queries=12, ingest_papers=4)
+    partial = []
+    result = run_rag_bench(small_corpus, tmp_path, embedder, sizes=[300, 200], n_queries=12, ingest_papers=4,
+                           on_size=partial.append)
+    assert [len(p["sizes"]) for p in partial] == [1, 2] and not partial[0]["complete"] and result["complete"]
+    result["sizes"] = result["sizes"][:1]
     assert result["ingestion"]["pages"] == 4 and result["ingestion"]["pages_per_s"] > 0
     (row,) = result["sizes"]
     assert row["n"] == 300 and row["flat"]["recall_at_10"] == 1.0 and row["peak_rss_mb"] > 0

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -232,8 +232,13 @@ def run_rag_bench(
     ingest_papers: int = 200,
     papers_index: str | Path | None = None,
     seed: int = 0,
+    on_size: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Every measurement above; `embedder` (MiniLM in `econlm bench rag`) ingests and embeds the real questions."""
+    """Every measurement above; `embedder` (MiniLM in `econlm bench rag`) ingests and embeds the real questions.
+
+    `on_size` gets the result so far after each size (marked "complete": false), so a run stopped
+    during the long 1M build keeps the sizes it finished.
+    """
     import faiss
 
     from econlm.bench.common import peak_rss_mb
@@ -274,6 +279,8 @@ def run_rag_bench(
         row["peak_rss_mb"] = round(peak_rss_mb())
         row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
         result["sizes"].append(row)
+        if on_size is not None:
+            on_size({**result, "sizes": list(result["sizes"]), "targets": targets(result["sizes"]), "complete": False})
 
     if papers_index is not None and Path(papers_index).is_dir():
         from econlm.rag.store import load_index
@@ -286,6 +293,7 @@ def run_rag_bench(
 
     result["targets"] = targets(result["sizes"])
     result["settings"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["complete"] = True
     return result
 
 

@@ -225,9 +225,16 @@ def rag(corpus: Path | None, out: Path, sizes: str, queries: int, ingest_papers:
         raise UserError(f"--sizes must be comma-separated whole numbers, got {sizes!r}") from None
     papers = papers_index if papers_index is not None else index_dir(PAPERS_INDEX)
     corpus_dir = resolve_corpus(corpus)
+    path = None
+
+    def write(partial: dict) -> None:
+        nonlocal path
+        path = write_result(path or out, "rag", partial)
+
     with tempfile.TemporaryDirectory(prefix="econlm-bench-rag-") as workdir:
-        result = run_rag_bench(corpus_dir, workdir, MiniLMEmbedder(), size_list, queries, ingest_papers, papers)
-    path = write_result(out, "rag", result)
+        result = run_rag_bench(corpus_dir, workdir, MiniLMEmbedder(), size_list, queries, ingest_papers, papers,
+                               on_size=write)
+    write(result)
     plot(result, path.with_suffix(".png"))
     click.echo(f"{path} (+ {path.with_suffix('.png').name})")
     ingest = result["ingestion"]
