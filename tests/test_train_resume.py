@@ -21,7 +21,14 @@ from train_processes import (
 from econlm.config import load_config
 from econlm.errors import UserError
 from econlm.training import resume, train
-from econlm.training.checkpoint import PAUSE_ENV, TrainState, load_checkpoint
+from econlm.training.checkpoint import (
+    PAUSE_ENV,
+    TrainState,
+    checkpoint_dirs,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_partial_saves,
+)
 
 OVERRIDES = ["train.max_steps=8", "train.checkpoint_every=2", "train.eval_every=3", "train.keep_checkpoints=2"]
 
@@ -123,3 +130,20 @@ def test_a_trainer_state_with_other_fields_is_refused(tmp_path):
     path.write_text(json.dumps({**dict.fromkeys(STATE_FORMAT), "step": 3}))
     with pytest.raises(UserError, match="holds the state of step 3"):
         load_checkpoint(path.parent, None, None, None)
+
+
+def test_pruning_and_start_up_clear_what_killed_writes_left(tmp_path):
+    for step in (2, 4, 6):
+        (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"step-{step}" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoints" / ".step-2.old").mkdir()  # a prune killed midway, earlier
+    (tmp_path / "checkpoints" / ".step-2.old" / "optimizer.pt").write_bytes(b"x")
+    (tmp_path / ".metrics.json.k3j2h1g0.tmp").write_text('{"fini')  # an atomic write killed midway
+    (tmp_path / ".best-adapter.tmp").mkdir()
+    pruned = prune_checkpoints(tmp_path, keep=1)
+    assert [p.name for p in pruned] == ["step-2", "step-4"]
+    assert [step for step, _ in checkpoint_dirs(tmp_path)] == [6]
+    removed = remove_partial_saves(tmp_path)
+    assert sorted(p.name for p in removed) == [".best-adapter.tmp", ".metrics.json.k3j2h1g0.tmp"]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "checkpoints", "checkpoints/step-6", "checkpoints/step-6/trainer_state.json"]

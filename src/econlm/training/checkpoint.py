@@ -93,6 +93,7 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list[Path]:
     pruned = [path for _, path in checkpoint_dirs(run_dir)[:-keep]]
     for path in pruned:
         doomed = path.with_name(f".{path.name}.old")
+        shutil.rmtree(doomed, ignore_errors=True)  # a leftover of an earlier prune would block the rename
         os.replace(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
     return pruned
