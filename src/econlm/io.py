@@ -129,10 +129,11 @@ _RENAME_EXCHANGE = 2  # linux/fs.h
 def check_out_dir(path: str | Path) -> Path:
     """Refuse an output directory whose replacement would lose what econlm did not write.
 
-    Allowed: a missing path, an empty directory, or one econlm wrote (its OUTPUT_MARKER lists
-    every entry, or, from earlier versions, it holds one of LEGACY_MANIFESTS) holding nothing
-    else, unless it is a training run (hours of work that no output should replace). Returns where the directory is written (a symbolic link's target). Commands call it
-    before long work so a refusal comes first; `atomic_dir` calls it again before the swap.
+    Allowed: a missing path; an empty directory; one whose OUTPUT_MARKER lists every entry in it;
+    one an earlier econlm wrote without the marker, recognised by one of LEGACY_MANIFESTS. Never a
+    training run (hours of work no output should replace), a file, or the current directory.
+    Returns where the directory is written (a symbolic link's target). Commands call it before
+    long work so a refusal comes first; `atomic_dir` calls it again before the swap.
     """
     given = Path(path)
     target = given.resolve()
