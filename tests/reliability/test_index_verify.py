@@ -111,3 +111,13 @@ def test_asking_a_broken_index_is_one_line_exit_2(home):
     assert errors == [f"econlm: error: {store.index_dir('mine')}: index.faiss does not match the sha256 in manifest.json "
                       "(corrupt or replaced); refused"]
     assert result.stderr.strip().splitlines()[-1] == errors[0]
+
+
+def test_a_manifest_missing_a_field_is_broken_not_a_traceback(home):
+    path = make_index("mine").path
+    manifest = json.loads((path / store.MANIFEST).read_text())
+    del manifest["kind"]
+    (path / store.MANIFEST).write_text(json.dumps(manifest))
+    result = run_cli("index", "list", home=home)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert store.list_indexes()[0]["status"] == "broken: manifest.json lacks kind; refused, rebuild the index"

@@ -46,6 +46,7 @@ HNSW_M = 32
 # work) for the same recall@10 from efSearch 32 up (0.999 vs 0.9945), so a 1M index builds in minutes.
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 64  # hybrid search asks for 50 candidates, which FAISS takes as the least efSearch
+MANIFEST_KEYS = ("kind", "index_type", "embedder", "n_chunks", "sources", "created")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PAPERS_INDEX = "papers"
 
@@ -177,6 +178,9 @@ def read_manifest(path: str | Path) -> dict:
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != {INDEX_FILE, CHUNKS_FILE}:
         raise UserError(f"{path}: {MANIFEST} does not list exactly {INDEX_FILE} and {CHUNKS_FILE}; refused")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise UserError(f"{path}: {MANIFEST} lacks {', '.join(missing)}; refused, rebuild the index")
     return manifest
 
 
