@@ -225,7 +225,8 @@ def test_a_table_cell_named_by_row_and_column_is_the_answer(tmp_path):
     embedder = HashEmbedder()
     index = store.add_documents(tmp_path / "t", [load_bytes("tariffs.md", table.encode())], embedder).index
     hits = HybridRetriever(index, embedder).search("tariff on steel in 2022", k=2)
-    for reply in ("The tariff was high.", "The tariff on steel in 2022.", "What was the tariff on steel in 2022?"):
+    for reply in ("The tariff was high.", "The tariff on steel in 2022.", "What was the tariff on steel in 2022?",
+                  "The tariff on steel in 2022 was 7.5 percent."):  # 7.5 is 2021's
         result = rag_answer.finalize(reply, hits, "What was the tariff on steel in 2022?")  # the question said back is no claim
         assert result.text == "Steel, 2022: 12.5 [tariffs.md, p. 1].", reply
 

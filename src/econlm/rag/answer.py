@@ -307,8 +307,8 @@ def supporting_quote(claim: str, passage_quotes: Sequence[Quote]) -> Quote | Non
     Held means: one passage has most of the claim's content words (`SUPPORT_MIN_SHARE`, and at
     most `SUPPORT_MAX_NEW` words of its own: "the governor is the chairman" adds two), and one
     sentence of it states every number of the claim with half of its words ("machinery, 2023,
-    12.5 percent" beside a table whose 12.5 is steel's is not held), negating only what that
-    sentence negates. That sentence is returned, so the citation points at where the claim is.
+    12.5 percent" beside a table whose 12.5 is steel's is not held, nor a value from another column
+    of the row), negating only what that sentence negates. That sentence is returned, so the citation points at where the claim is.
     """
     claim_terms, claim_numbers = terms(claim), numbers(claim)
     if len(claim_terms) < SUPPORT_MIN_WORDS or is_instruction(claim) or is_refusal(claim):
@@ -325,10 +325,20 @@ def supporting_quote(claim: str, passage_quotes: Sequence[Quote]) -> Quote | Non
             continue
         closest = max(group, key=lambda q: (len(claim_numbers & q.numbers), len(claim_terms & q.terms)))
         if (not claim_numbers <= closest.numbers or _share(claim_terms, closest.terms) < SUPPORT_MIN_SENTENCE_SHARE
-                or bool(_NEGATION_RE.search(claim)) != closest.negated):
+                or bool(_NEGATION_RE.search(claim)) != closest.negated or _wrong_cell(claim_terms, claim_numbers, closest)):
             continue
         best, best_share = closest, share
     return best
+
+
+def _wrong_cell(claim_terms: frozenset[str], claim_numbers: frozenset[str], row: Quote) -> bool:
+    """Whether a claim about one column of a table row states a value that is not that column's
+    ("machinery in 2023 was 2.25" where 2.25 is 2021's)."""
+    if not row.cells:
+        return False
+    named = [value for header, value in row.cells[1:] if terms(header) and terms(header) <= claim_terms]
+    values = claim_numbers - frozenset().union(*(numbers(header) for header, _ in row.cells[1:]))
+    return len(named) == 1 and bool(values) and not values <= numbers(named[0])
 
 
 def _share(wanted: frozenset[str], found: frozenset[str], weight=lambda t: 1.0) -> float:
