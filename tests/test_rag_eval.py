@@ -124,3 +124,16 @@ def test_a_missing_benchmark_document_is_a_user_error(tmp_path):
     (tmp_path / "tariffs.md").unlink()
     with pytest.raises(UserError, match="missing benchmark document.*tariffs.md"):
         answer_benchmark(FakeBackend(), HashEmbedder(), docs_dir=tmp_path)
+
+
+def test_eval_task_rag_cli_end_to_end(tmp_path, home, tiny_llama):
+    """The real `econlm eval --task rag` on a tiny random model: no papers index, so answers only."""
+    from conftest import run_cli
+
+    out = tmp_path / "rag"
+    result = run_cli("eval", "--task", "rag", "--model", str(tiny_llama), "--out", str(out), home=home)
+    assert result.returncode == 0, result.stderr
+    assert "containment=" in result.stdout and f"wrote {out}/predictions.jsonl" in result.stdout
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["metrics"]["retrieval"] is None and saved["metrics"]["speed"]["replies"] > 0
+    assert saved["metrics"]["obeyed"] == 0 and saved["metrics"]["repeating_answers"] == 0
