@@ -198,7 +198,7 @@ def ask(question: str, index_name: str, spec, k: int, as_json: bool) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="A .json file, or a directory that gets rag-<timestamp>.json (and a .png beside it).")
 @click.option("--sizes", default="1000,10000,100000,1000000", show_default=True,
-              help="Index sizes (chunks) to sweep; 1M needs about 6 GB of memory and its HNSW build is long.")
+              help="Index sizes (chunks) to sweep; 1M needs about 9 GB of memory and its HNSW build ~30 min on 2 cores.")
 @click.option("--queries", type=click.IntRange(10), default=200, show_default=True, help="Queries per size.")
 @click.option("--ingest-papers", type=click.IntRange(1), default=200, show_default=True,
               help="Abstracts typeset into PDFs for the ingestion measurement.")
