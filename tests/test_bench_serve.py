@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from econlm.bench.serve import format_table, run_serve_bench, summarize
+from econlm.bench.serve import format_table, plot, run_serve_bench, summarize
 from econlm.models import ModelRef
 from gguf_models import tiny_model_dir
 
@@ -19,7 +19,7 @@ def test_tiny_engines_side_by_side(home, small_corpus, tmp_path):
                              engines=("llamacpp-q8_0", "transformers"), log_dir=tmp_path / "logs")
     assert list(result["engines"]) == ["transformers", "llamacpp-q8_0"]  # the reference runs first
     for engine, rows in result["engines"].items():
-        assert rows["startup_s"] > 0
+        assert rows["startup_s"] > 0 and "serve --port" in rows["command"] and f"--engine {engine.split('-')[0]}" in rows["command"]
         for level in ("c1", "c2"):
             row = rows[level]
             assert (row["requests"], row["ok"], row["lost"]) == (3, 3, 0), (engine, row)
@@ -30,6 +30,7 @@ def test_tiny_engines_side_by_side(home, small_corpus, tmp_path):
     assert result["targets"]["lost_requests"] == 0 and "vllm_c2_vs_transformers_c1" not in result["targets"]
     table = format_table(result)
     assert "| transformers | 1 |" in table and "| llamacpp-q8_0 | 2 |" in table
+    assert plot(result, tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_lost_requests_and_disagreement_are_counted():

@@ -12,7 +12,8 @@ Every engine gets the same prompts (title prompts for the first N test abstracts
 concurrency: aggregate generated tokens/s (the replies re-tokenised by the model's own tokenizer, the
 same count for every engine), requests/s, p50/p95 latency and time to first token, lost requests,
 and the share of prompts whose title equals greedy transformers' (the transformers engine at the
-first concurrency).
+first concurrency). Before the measured rounds every engine gets one uncounted round of
+max(concurrency) requests.
 """
 
 from __future__ import annotations
@@ -213,8 +214,11 @@ def run_serve_bench(
     results: dict[str, Any] = {}
     for engine in engines:
         port = free_port()
-        with EngineServer(engine_command(engine, model, port), port, log_dir / f"{engine}.log") as server:
-            rows: dict[str, Any] = {"startup_s": round(server.startup_s, 1)}
+        command = engine_command(engine, model, port)
+        with EngineServer(command, port, log_dir / f"{engine}.log") as server:
+            rows: dict[str, Any] = {"command": " ".join(command[1:]), "startup_s": round(server.startup_s, 1)}
+            # Warm-up, not counted: vLLM's first step at each batch size is slow (kernels set up per shape).
+            stream_requests(server.base_url, conversations[:max(concurrency)], max(concurrency), max_tokens)
             for c in concurrency:
                 records, wall = stream_requests(server.base_url, conversations, c, max_tokens)
                 if engine == REFERENCE_ENGINE and reference is None:
@@ -237,12 +241,17 @@ def run_serve_bench(
     return result
 
 
+def measured(rows: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """An engine's rows by concurrency: the "c<N>" entries (beside its command and startup time)."""
+    return {int(key[1:]): row for key, row in rows.items() if key[0] == "c" and key[1:].isdigit()}
+
+
 def targets(results: dict[str, Any], concurrency: tuple[int, ...]) -> dict[str, Any]:
     """The issue's targets, where the run has what they compare: vLLM at its highest concurrency
     against the one-at-a-time transformers server at its lowest (>= 5x) and llama.cpp at the same
     concurrency (>= 2x); no request lost anywhere."""
     low, high = f"c{min(concurrency)}", f"c{max(concurrency)}"
-    found: dict[str, Any] = {"lost_requests": sum(row["lost"] for rows in results.values() for key, row in rows.items() if key.startswith("c")),
+    found: dict[str, Any] = {"lost_requests": sum(row["lost"] for rows in results.values() for row in measured(rows).values()),
                              "lost_requests_target": 0}
     vllm = results.get("vllm", {}).get(high)
     if vllm and "transformers" in results:
@@ -260,11 +269,37 @@ def format_table(result: dict[str, Any]) -> str:
             ("TTFT p50 s", "ttft_p50_s"), ("TTFT p95 s", "ttft_p95_s"), ("lost", "lost"), ("same title", "same_title_as_transformers")]
     lines = ["| engine | concurrency | " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for engine, rows in result["engines"].items():
-        for key, row in rows.items():
-            if key.startswith("c"):
-                lines.append(f"| {engine} | {key[1:]} | " + " | ".join(str(row.get(k, "")) for _, k in cols) + " |")
+        for level, row in measured(rows).items():
+            lines.append(f"| {engine} | {level} | " + " | ".join(str(row.get(k, "")) for _, k in cols) + " |")
     lines.append(f"{result['prompts']['n']} prompts, max_tokens {result['decoding']['max_tokens']}, greedy, streamed; "
                  f"load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at end "
                  f"({result['cpu_count']} CPUs)")
     lines.append("targets: " + ", ".join(f"{k} {v}" for k, v in result["targets"].items()))
     return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str | Path) -> Path:
+    """Aggregate tokens/s and p95 latency against concurrency, one line per engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (throughput, latency) = plt.subplots(1, 2, figsize=(10, 4))
+    for engine, rows in result["engines"].items():
+        by_level = measured(rows)
+        throughput.plot(list(by_level), [m["tokens_per_s"] for m in by_level.values()], "o-", label=engine)
+        latency.plot(list(by_level), [m["latency_p95_s"] for m in by_level.values()], "o-", label=engine)
+    for ax, label in ((throughput, "generated tokens/s (all requests)"), (latency, "p95 latency per request (s)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(result["concurrency"], [str(c) for c in result["concurrency"]])
+        ax.set_xlabel("requests in flight")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"econlm bench serve: {result['prompts']['n']} title prompts, max_tokens {result['decoding']['max_tokens']}, "
+                 f"load average {result['load_average_at_start'][0]} at start", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

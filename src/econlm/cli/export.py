@@ -143,11 +143,11 @@ def serve_bench(corpus: Path | None, spec, n_prompts: int, concurrency: str, max
     Starts `econlm serve` for each engine on 127.0.0.1 in turn and sends it the title prompts of
     the first N test abstracts, greedy and streamed, at each concurrency. Writes a JSON result
     (tokens/s, requests/s, p50/p95 latency and time to first token, lost requests, share of titles
-    equal to greedy transformers') and prints a table.
+    equal to greedy transformers') with a PNG of throughput and p95 latency beside it, and prints a table.
     """
     from econlm.bench.common import write_result
     from econlm.bench.infer import default_model
-    from econlm.bench.serve import ENGINES, format_table, run_serve_bench
+    from econlm.bench.serve import ENGINES, format_table, plot, run_serve_bench
 
     try:
         levels = tuple(int(c) for c in concurrency.split(","))
@@ -159,5 +159,6 @@ def serve_bench(corpus: Path | None, spec, n_prompts: int, concurrency: str, max
     result = run_serve_bench(spec.model if spec is not None else default_model(), resolve_corpus(corpus), n_prompts=n_prompts,
                              concurrency=levels, max_tokens=max_tokens, engines=chosen)
     path = write_result(out, "serve", result)
+    plot(result, path.with_suffix(".png"))
     click.echo(format_table(result))
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {path} (+ {path.with_suffix('.png').name})")
