@@ -66,6 +66,22 @@ def small_corpus(shared_corpus, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def papers(small_corpus):
+    """The small corpus's validation papers, for tests that encode or prompt real abstracts."""
+    from econlm.data.corpus import load_papers
+
+    return load_papers(small_corpus / "validation.jsonl").papers
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The real SmolLM2 tokenizer (chat template included), which the tiny LLaMA shares."""
+    from econlm.models import ModelRef, load_tokenizer
+
+    return load_tokenizer(ModelRef.parse("smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory) -> Path:
     """A 2-layer random LLaMA with the real SmolLM2 tokenizer (chat template included), saved as
     a plain HF folder: fast enough to run generation and scoring end to end in tests."""

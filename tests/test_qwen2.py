@@ -23,7 +23,6 @@ from transformers import AutoModelForCausalLM
 
 from econlm.config import load_config
 from econlm.data.build import paper_examples
-from econlm.data.corpus import load_papers
 from econlm.errors import UserError
 from econlm.export import _pre_tokenizer_name, export_gguf
 from econlm.models import REGISTRY, ModelRef, load_model
@@ -38,11 +37,6 @@ CONVERSATIONS = [
     [{"role": "user", "content": "It's 2024: GDP grew 3.25% (vs. 1,000 in '99)...\n\n\tWe'll see; déjà-vu — 東京?!"}],
     [{"role": "system", "content": "Write titles."}, {"role": "user", "content": "Abstract: We study   auctions\r\nwith bidders."}],
 ]
-
-
-@pytest.fixture(scope="module")
-def papers(small_corpus):
-    return load_papers(small_corpus / "validation.jsonl").papers
 
 
 @pytest.mark.parametrize("task", ["title", "classify"])

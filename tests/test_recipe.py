@@ -12,10 +12,9 @@ from safetensors.torch import load_file
 
 from econlm.config import load_config
 from econlm.data.build import paper_examples
-from econlm.data.corpus import load_papers
 from econlm.data.templates import CLASSIFY, CLASSIFY_THEN_TITLE, LABEL_TO_ANSWER
 from econlm.errors import UserError
-from econlm.models import ModelRef, load_model, load_tokenizer
+from econlm.models import ModelRef, load_model
 from econlm.training import resume, train
 from econlm.training.data import (
     answer_token_losses,
@@ -25,16 +24,6 @@ from econlm.training.data import (
     step_token_weights,
 )
 from econlm.training.trainer import Run
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(ModelRef.parse("smollm2-135m-instruct"))
-
-
-@pytest.fixture(scope="module")
-def papers(small_corpus):
-    return load_papers(small_corpus / "validation.jsonl").papers
 
 
 def _render_ids(tokenizer, messages, generation_prompt: bool) -> list[int]:

@@ -13,8 +13,7 @@ import torch
 
 from econlm.config import load_config
 from econlm.data.build import paper_examples
-from econlm.data.corpus import load_papers
-from econlm.models import ModelRef, load_model, load_tokenizer
+from econlm.models import ModelRef, load_model
 from econlm.training import merge_run, train
 from econlm.training.data import (
     Encoded,
@@ -25,16 +24,6 @@ from econlm.training.data import (
     micro_batches,
 )
 from econlm.types import Message, Paper, QAPair
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer(ModelRef.parse("smollm2-135m-instruct"))
-
-
-@pytest.fixture(scope="module")
-def papers(small_corpus):
-    return load_papers(small_corpus / "validation.jsonl").papers
 
 
 def _labelled_text(tokenizer, item: Encoded) -> str:
