@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm.errors import MissingExtraError, UserError
-from econlm.io import atomic_dir, atomic_write_json, sha256_dir, sha256_file
+from econlm.io import atomic_dir, atomic_write_json, check_out_dir, sha256_dir, sha256_file
 from econlm.paths import econlm_home, shipped_models_dir
 
 CONVERTED_MARKER = "econlm_model.json"  # written last into a converted folder: its provenance
@@ -330,6 +330,7 @@ class ModelRef:
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, provenance: dict[str, Any] | None = None) -> Path:
     """Dequantise a GGUF into a plain fp32 safetensors HF folder (model + tokenizer), atomically."""
+    check_out_dir(out_dir)  # before the minutes of loading and dequantising
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 

@@ -108,6 +108,33 @@ def _training_run(tmp: Path) -> Path:
     return run
 
 
+def _unloadable_model(tmp: Path) -> Path:
+    """A model folder that resolves (it has a config.json) but cannot load: a command that loads it
+    before checking --out fails with the load's error instead of the --out one."""
+    folder = tmp / "unloadable-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def _adapter_of_unloadable_model(tmp: Path) -> Path:
+    adapter = tmp / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(_unloadable_model(tmp))}))
+    return adapter
+
+
+def _convert_into_a_file(tmp: Path, corpus: Path) -> tuple[list[str], str]:
+    """`econlm models convert` of a GGUF that cannot be read, whose converted folder in
+    $ECONLM_HOME is taken by a file: the folder is refused before the GGUF is read."""
+    gguf = tmp / "mine.gguf"
+    gguf.write_bytes(b"not a GGUF file")
+    taken = tmp / "home" / "models" / f"mine-{hashlib.sha256(gguf.read_bytes()).hexdigest()[:12]}"
+    taken.parent.mkdir(parents=True)
+    taken.write_text("my notes")
+    return ["models", "convert", str(gguf)], f"{taken}: is a file, not a directory"
+
+
 def _config(text: bytes, message: str, *args: str) -> Callable:
     """`econlm train --config FILE` with a config file holding `text`."""
     def make(tmp: Path, corpus: Path):
@@ -178,6 +205,17 @@ CASES = [
                                                            ("index", "build"))),
     Case("eval-out-holds-a-users-file", lambda tmp, c: _eval(["--out", str(_foreign_dir(tmp))], "not replaced: it holds 'thesis.tex'")(tmp, c)),
     Case("eval-out-is-a-file", lambda tmp, c: _eval(["--out", str(_a_file(tmp))], "notes.txt' is a file")(tmp, c)),
+    # the commands below would fail loading their model if they did not check --out first
+    Case("qa-eval-out-holds-a-users-file", lambda tmp, c: (
+        ["qa", "eval", "--model", str(_unloadable_model(tmp)), "--corpus", str(c), "--out", str(_foreign_dir(tmp))],
+        f"{tmp / 'thesis'}: not replaced: it holds 'thesis.tex'")),
+    Case("classify-split-out-is-a-training-run", lambda tmp, c: (
+        ["classify", "--split", "test", "--classifier", str(_unloadable_model(tmp)), "--corpus", str(c),
+         "--out", str(_training_run(tmp))], f"{tmp / 'run'}: is a training run directory")),
+    Case("merge-out-holds-a-users-file", lambda tmp, c: (
+        ["merge", str(_adapter_of_unloadable_model(tmp)), "--out", str(_foreign_dir(tmp))],
+        f"{tmp / 'thesis'}: not replaced: it holds 'thesis.tex'")),
+    Case("models-convert-into-a-file", _convert_into_a_file),
     # ------------------------------------------------------------------ training configs
     Case("config-empty", _config(b"", "{file}: is empty")),
     Case("config-only-comments", _config(b"# nothing set yet\n", "{file}: is empty")),

@@ -45,7 +45,9 @@ def classify(abstract, corpus, split, limit, seed, classifier_dir, out):
         if out is None:
             raise UserError("--split needs --out DIR")
         from econlm.classifier import score_split
+        from econlm.io import check_out_dir
 
+        check_out_dir(out)  # before the classifier and its model load
         classifier, backend = _load(classifier_dir)
         report = score_split(classifier, backend, resolve_corpus(corpus), split, out, limit=limit, seed=seed)
         m = report.metrics

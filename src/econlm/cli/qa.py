@@ -122,8 +122,10 @@ def eval_qa(corpus, spec, qa_file, split, limit, mmlu_dir, no_mmlu, shots, batch
     """
     from econlm.backends import Decoding
     from econlm.evaluate import load_backend
+    from econlm.io import check_out_dir
     from econlm.qa.eval import DEFAULT_QA_FILE, evaluate_qa
 
+    check_out_dir(out)  # before the model loads: a refused --out would waste the whole run
     report = evaluate_qa(load_backend(spec, batch_size=batch_size, dtype=dtype), out, resolve_corpus(corpus),
                          qa_file or DEFAULT_QA_FILE, split=split, limit=limit, mmlu_dir="" if no_mmlu else mmlu_dir,
                          shots=shots, decoding=Decoding(max_new_tokens=max_new_tokens), seed=seed)

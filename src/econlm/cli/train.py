@@ -59,8 +59,10 @@ def merge(run_dir, out: Path) -> None:
     Reads RUN_DIR (adapter + recorded base model); writes OUT: a plain HF model folder
     (safetensors, tokenizer, econlm_merged.json provenance), replaced atomically.
     """
+    from econlm.io import check_out_dir
     from econlm.training import merge_run
 
+    check_out_dir(out)  # before the base model loads
     click.echo(f"merged model: {merge_run(run_dir, out)}")
 
 
