@@ -12,7 +12,7 @@ import pytest
 from econlm.backends import parse_spec
 from econlm.evaluate import load_backend
 from econlm.metrics import qa_scores
-from econlm.qa.eval import evaluate_qa, first_paragraph, load_qa_pairs
+from econlm.qa.eval import embedding_similarity, evaluate_qa, first_paragraph, load_qa_pairs, similarity_encoder
 from econlm.report import write_report
 from econlm.types import QAPair
 from test_mmlu import write_mmlu
@@ -33,6 +33,21 @@ def test_qa_metrics_hand_computed():
 
 def test_first_paragraph():
     assert first_paragraph("\n  Emissions fall.\nBy 8 percent.\n\nAs an AI model ...") == "Emissions fall.\nBy 8 percent."
+
+
+def test_minilm_cosine_is_one_for_the_same_answer_and_lower_for_another_topic():
+    encoder, missing = similarity_encoder()
+    assert encoder is not None, missing
+    reference = "Emissions fall by 8 percent after the carbon tax increase."
+    same = embedding_similarity([reference], [reference], encoder)
+    close = embedding_similarity(["Carbon taxes cut emissions by 8 percent."], [reference], encoder)
+    far = embedding_similarity(["Reserve prices raise auction revenue."], [reference], encoder)
+    assert same == pytest.approx(1.0, abs=1e-5)
+    assert far < close < same
+    # The mean of the two pairs' cosines, not a cosine of means.
+    both = embedding_similarity(["Carbon taxes cut emissions by 8 percent.", "Reserve prices raise auction revenue."],
+                                [reference, reference], encoder)
+    assert both == pytest.approx((close + far) / 2, abs=1e-6)
 
 
 def write_pairs(path, corpus):
@@ -61,6 +76,11 @@ def test_qa_eval_end_to_end(tiny_llama, tmp_path):
     assert report.metrics["token_f1"] == pytest.approx(sum(p["token_f1"] for p in predictions) / 2)
     assert report.metrics["mmlu_n"] == 6 and 0 <= report.metrics["mmlu_accuracy"] <= 1
     assert report.provenance["prompt_template"] == "econ-qa@1"
+    # The MiniLM cosine is the mean over the answers of the real packaged encoder's cosine.
+    encoder, _ = similarity_encoder()
+    one_by_one = [embedding_similarity([p["prediction"]], [p["reference"]], encoder) for p in predictions]
+    assert report.metrics["minilm_cosine"] == pytest.approx(sum(one_by_one) / 2, abs=1e-5)
+    assert "not BERTScore" in report.provenance["minilm_cosine"]
     assert (out / "mmlu.png").stat().st_size > 0
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["primary_metric"] == "token_f1" and saved["metrics"]["mmlu"]["per_subject"]

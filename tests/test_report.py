@@ -11,7 +11,7 @@ import pytest
 from econlm import report
 from econlm.errors import UserError
 from econlm.io import atomic_write_json, write_jsonl
-from econlm.metrics import classification_report, title_report
+from econlm.metrics import classification_report, qa_report, title_report
 
 LABELS = ["econ.EM", "econ.GN", "econ.TH"]
 TRUE = ["econ.EM", "econ.EM", "econ.GN", "econ.GN", "econ.TH"]
@@ -209,3 +209,26 @@ def test_few_shot_rows_sit_with_the_published_five_shot_baselines(run_dirs):
     t1 = text.split("## Table 1")[1].split("## Table 2")[0]
     assert (t1.index("GPT-Neo-2.7B (5-shot) | study") < t1.index("smollm2-135m-instruct (5-shot) | ours")
             < t1.index("(base, zero-shot) | ours"))
+
+
+def write_qa_run(folder, prediction: str, kind: str, extra_metrics: dict) -> None:
+    result = qa_report([prediction], ["Emissions fall by 8 percent after the carbon tax."],
+                       {**model_provenance(kind), "prompt_template": "econ-qa@1"})
+    result.metrics.update(extra_metrics)
+    atomic_write_json(folder / "metrics.json", result.model_dump(mode="json"))
+
+
+def test_table3_shows_the_minilm_cosine_beside_rouge(tmp_path):
+    write_qa_run(tmp_path / "tuned-qa", "Emissions fall by 8 percent.", "adapter", {"minilm_cosine": 0.81234})
+    write_qa_run(tmp_path / "base-qa", "Taxes.", "packaged", {})  # a metrics file written before the score existed
+    out = tmp_path / "report"
+    text = report.write_report([tmp_path / "tuned-qa", tmp_path / "base-qa"], out).read_text()
+    t3 = text.split("## Table 3")[1].split("\n## ")[0]
+    assert "| Model | Token F1 | ROUGE-L | MiniLM cosine | Exact match | n |" in t3
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in t3.splitlines() if line.startswith("| ") and "---" not in line}
+    tuned = next(cells for label, cells in rows.items() if "LoRA" in label)
+    base = next(cells for label, cells in rows.items() if "base, zero-shot" in label)
+    assert tuned[3] == "0.812" and base[3] == "—"
+    assert "not BERTScore" in t3
+    saved = json.loads((out / "results.json").read_text())["table3"]
+    assert sorted(row["minilm_cosine"] for row in saved if row["minilm_cosine"] is not None) == [0.81234]

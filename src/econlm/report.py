@@ -302,20 +302,21 @@ def conference_tables() -> tuple[str, str, list[dict]]:
 def table3(runs: list[Run]) -> tuple[str, list[dict]]:
     """Economics Q&A (`econlm eval --task qa`): answers vs the synthetic test references, and
     MMLU-econ multiple choice. The study published no Q&A numbers, so only ours are shown."""
-    lines = ["| Model | Token F1 | ROUGE-L | Exact match | n | MMLU-econ accuracy [95% CI] | MMLU option-text acc. | n |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| Model | Token F1 | ROUGE-L | MiniLM cosine | Exact match | n | MMLU-econ accuracy [95% CI] | MMLU option-text acc. | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for r in sorted((r for r in runs if r.task == "qa" and r.role != "exported"), key=lambda r: r.role != "fine-tuned"):
         m = r.metrics
         mmlu = (f"{m['mmlu_accuracy']:.3f} [{m['mmlu_accuracy_ci95'][0]:.2f}, {m['mmlu_accuracy_ci95'][1]:.2f}]"
                 if "mmlu_accuracy" in m else "—")
-        lines.append(f"| {r.label} | {_fmt(m['token_f1'], 3)} | {_fmt(m['rougeL_f'], 3)} | {_fmt(m['exact_match'], 3)} | "
+        lines.append(f"| {r.label} | {_fmt(m['token_f1'], 3)} | {_fmt(m['rougeL_f'], 3)} | {_fmt(m.get('minilm_cosine'), 3)} | "
+                     f"{_fmt(m['exact_match'], 3)} | "
                      f"{_subset_note(r)} | {mmlu} | {_fmt(m.get('mmlu_accuracy_option_text'), 3)} | {m.get('mmlu_n', '—')} |")
         rows.append({"model": r.label, "source": "ours", "role": r.role,
-                     **{k: m.get(k) for k in ("token_f1", "rougeL_f", "exact_match", "n", "mmlu_accuracy",
+                     **{k: m.get(k) for k in ("token_f1", "rougeL_f", "minilm_cosine", "exact_match", "n", "mmlu_accuracy",
                                               "mmlu_accuracy_ci95", "mmlu_accuracy_option_text", "mmlu_n")}})
     if not any(r["role"] == "fine-tuned" for r in rows):
-        lines.append("| econlm (fine-tuned) | **ours: pending** | — | — | — | — | — | — |")
+        lines.append("| econlm (fine-tuned) | **ours: pending** | — | — | — | — | — | — | — |")
     return "\n".join(lines), rows
 
 
@@ -595,7 +596,10 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
         md += ["## Table 3: economics Q&A and MMLU-econ", "", t3_text, "",
                "Closed-book answers (the `qa` training prompt, greedy, cut at the first blank line) to the questions "
                "of the synthetic Q&A set's test papers (data/qa/DATASHEET.md), scored against its reference "
-               "answers: SQuAD token F1 and exact match, ROUGE-L F (`rouge-score`, stemmer). MMLU-econ: 5-shot from "
+               "answers: SQuAD token F1 and exact match, ROUGE-L F (`rouge-score`, stemmer), and MiniLM cosine, "
+               "the mean cosine similarity of the answer's and the reference's all-MiniLM-L6-v2 sentence embeddings "
+               "(the packaged retrieval encoder): a stand-in in the spirit of the study's BERTScore, not BERTScore "
+               "(one vector per text, no roberta-large token alignment), so not comparable with its values. MMLU-econ: 5-shot from "
                "each subject's dev file, the letter with the highest log-likelihood (chance 0.25); option-text "
                "accuracy scores each option's text per byte instead.", ""]
     if rag_rows:

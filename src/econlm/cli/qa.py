@@ -1,4 +1,5 @@
-"""`econlm qa ...`: synthesize economics Q&A pairs with a teacher LLM, describe them, evaluate on them."""
+"""`econlm qa ...`: synthesize economics Q&A pairs with a teacher LLM, describe them, evaluate on them;
+`econlm bench qa-teacher`: teachers compared on the same abstracts."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import ModelSpecParam, corpus_option, main, resolve_corpus, warn_deprecated
+from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve_corpus, warn_deprecated
 
 
 @main.group()
@@ -78,18 +79,21 @@ def synthesize(corpus, split, spec, teacher_spec, out, limit, seed, concurrency,
 @click.argument("qa_file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--notes", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="Markdown included verbatim (e.g. why this teacher).")
+@click.option("--teacher-choice", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="An `econlm bench qa-teacher` result: its table and ratios become the 'Teacher choice' section.")
 @click.option("--examples", default=10, show_default=True, help="Random pairs shown.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the example choice.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Datasheet Markdown file.")
-def datasheet(qa_file, notes, examples, seed, out) -> None:
+def datasheet(qa_file, notes, teacher_choice, examples, seed, out) -> None:
     """A Markdown datasheet for a synthesized Q&A file.
 
     Reads QA_FILE and its <stem>.summary.json / <stem>.progress.jsonl; writes OUT with the teacher,
-    prompt, filter definitions and counts, pairs per split and random examples.
+    prompt, the teacher comparison (--teacher-choice), filter definitions and counts, pairs per
+    split and random examples.
     """
     from econlm.qa.datasheet import write_datasheet
 
-    write_datasheet(qa_file, out, notes=notes, n_examples=examples, seed=seed)
+    write_datasheet(qa_file, out, notes=notes, n_examples=examples, seed=seed, teacher_choice=teacher_choice)
     click.echo(f"wrote {out}")
 
 
@@ -117,7 +121,8 @@ def eval_qa(corpus, spec, qa_file, split, limit, mmlu_dir, no_mmlu, shots, batch
 
     Reads the Q&A file (pairs of CORPUS/<split>.jsonl papers only), the MMLU CSVs and the model;
     writes OUT/predictions.jsonl, OUT/mmlu_predictions.jsonl, OUT/mmlu.png and OUT/metrics.json:
-    token F1, exact match and ROUGE-L F (rouge-score, stemmer) of closed-book answers against the
+    token F1, exact match, ROUGE-L F (rouge-score, stemmer) and MiniLM cosine (mean cosine of the
+    packaged sentence encoder's embeddings; not BERTScore) of closed-book answers against the
     references, and MMLU 5-shot accuracy by log-likelihood of the letters and of the option texts.
     """
     from econlm.backends import Decoding
@@ -135,11 +140,62 @@ def eval_qa(corpus, spec, qa_file, split, limit, mmlu_dir, no_mmlu, shots, batch
 def echo_qa_report(report, out: Path) -> None:
     """The headline numbers of a Q&A report (shared with `econlm eval --task qa`)."""
     metrics = report.metrics
+    cosine = metrics.get("minilm_cosine")
     click.echo(f"qa (n={metrics['n']}): token_f1={metrics['token_f1']:.4f}  rougeL_f={metrics['rougeL_f']:.4f}  "
-               f"exact_match={metrics['exact_match']:.4f}")
+               f"exact_match={metrics['exact_match']:.4f}  "
+               + (f"minilm_cosine={cosine:.4f}" if cosine is not None else f"minilm_cosine: {report.provenance['minilm_cosine']}"))
     if "mmlu_accuracy" in metrics:
         low, high = metrics["mmlu_accuracy_ci95"]
         click.echo(f"mmlu-econ (n={metrics['mmlu_n']}, {metrics['mmlu']['shots']}-shot): "
                    f"accuracy={metrics['mmlu_accuracy']:.4f} [{low:.2f}, {high:.2f}]  "
                    f"option-text accuracy={metrics['mmlu_accuracy_option_text']:.4f}")
     click.echo(f"wrote {out}/metrics.json and predictions ({report.provenance['seconds']:.0f}s)")
+
+
+# Here rather than from econlm.bench.qa_teacher, so that --help stays instant.
+DEFAULT_TEACHERS = ("llamacpp:qwen2.5-coder-0.5b-instruct", "llamacpp:qwen2.5-coder-1.5b-instruct")
+
+
+@bench.command("qa-teacher")
+@corpus_option
+@click.option("--teacher", "teachers", multiple=True, default=DEFAULT_TEACHERS, show_default=True,
+              help="ENGINE:MODEL served by `econlm serve --engine ENGINE --model MODEL` (llamacpp, vllm or "
+                   "transformers); repeat for each contender. Ratios are against the first.")
+@click.option("--split", default="validation", show_default=True, help="Corpus split whose abstracts every teacher gets.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1), help="Papers per teacher (a seeded shuffle).")
+@click.option("--round", "round_size", default=10, show_default=True, type=click.IntRange(1),
+              help="Papers per teacher per round; the teachers take turns round by round.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the paper order and of sampling.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
+              help="Requests in flight per teacher (econlm's own servers answer one at a time; raise it for vllm).")
+@click.option("--pairs", "n_pairs", default=3, show_default=True, help="Pairs asked per abstract (1-4).")
+@click.option("--max-new-tokens", default=256, show_default=True, help="Teacher reply length limit.")
+@click.option("--temperature", default=0.3, show_default=True, help="Teacher sampling temperature.")
+@click.option("--top-p", default=0.9, show_default=True, help="Teacher nucleus sampling.")
+@click.option("--out", default=Path("bench/results"), show_default=True, type=click.Path(path_type=Path),
+              help="Result .json file or directory; the teachers' pairs and server logs go in a folder beside it.")
+def qa_teacher(corpus, teachers, split, limit, round_size, seed, concurrency, n_pairs, max_new_tokens, temperature, top_p,
+               out) -> None:
+    """Q&A teachers side by side: the same abstracts, prompt, decoding and filters for each.
+
+    Serves every teacher on 127.0.0.1, runs `econlm qa synthesize` against them in alternating
+    rounds, and writes a JSON result (kept-pair rate overall and per filter, papers/s, generated
+    tokens/s, load average during each teacher's rounds, ratios against the first teacher) after
+    every round; prints a table.
+    """
+    from datetime import datetime, timezone
+
+    from econlm.backends import Decoding
+    from econlm.bench.qa_teacher import Teacher, run_qa_teacher_bench
+    from econlm.qa.datasheet import teacher_table
+
+    contenders = [Teacher.parse(t) for t in teachers]
+    if out.suffix != ".json":
+        out = out / f"qa-teacher-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
+    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
+    result = run_qa_teacher_bench(contenders, resolve_corpus(corpus), out, split=split, limit=limit, round_size=round_size,
+                                  seed=seed, concurrency=concurrency, n_pairs=n_pairs, decoding=decoding)
+    click.echo(teacher_table(result))
+    click.echo(f"load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at end "
+               f"({result['cpu_count']} CPUs)")
+    click.echo(f"wrote {out} (+ the pairs in {out.with_suffix('')}/)")

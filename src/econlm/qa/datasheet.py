@@ -9,10 +9,11 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 from econlm.errors import UserError
 from econlm.io import atomic_write_text, sha256_file
-from econlm.qa.synthesize import COUNT_KEYS, read_progress, sidecar_paths, tally
+from econlm.qa.synthesize import COUNT_KEYS, FILTER_NAMES, read_progress, sidecar_paths, tally
 from econlm.types import QAPair
 
 
@@ -26,7 +27,53 @@ def _quote(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_datasheet(qa_file: str | Path, notes: str = "", n_examples: int = 10, seed: int = 0) -> str:
+def teacher_table(result: dict[str, Any]) -> str:
+    """An `econlm bench qa-teacher` result as a table: kept-pair rate, each filter's share of the
+    candidate pairs (filters no teacher tripped left out), throughput and load."""
+    rows = result["teachers"]
+    filters = [name for name in FILTER_NAMES if any(row["counts"][name] for row in rows.values())]
+    header = ["teacher", "papers", "candidates", "kept", "kept / candidate", "kept / paper", "unparsable",
+              *(name.replace("_", " ") for name in filters), "papers/s", "generated tokens/s", "load (1 min, mean)"]
+    lines = [[f"`{label}`", str(row["papers"]), str(row["counts"]["candidates"]), str(row["counts"]["kept"]),
+              f"{row['kept_per_candidate']:.2f}", f"{row['kept_per_paper']:.2f}", str(row["counts"]["unparsable"]),
+              *(f"{row['counts'][name]} ({row['share_of_candidates'][name]:.0%})" for name in filters),
+              f"{row['papers_per_s']:.4f}", f"{row['tokens_per_s']:.2f}", str(row["load_average_1m"].get("mean", "—"))]
+             for label, row in rows.items()]
+    return _table(lines, header)
+
+
+def teacher_choice_section(path: Path) -> list[str]:
+    """The teachers compared on the same abstracts (an `econlm bench qa-teacher` result file), with the ratios."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
+    if not isinstance(result, dict) or result.get("benchmark") != "qa-teacher" or not result.get("teachers"):
+        raise UserError(f"{path}: not an `econlm bench qa-teacher` result with at least one teacher")
+    first = next(iter(result["teachers"]))
+    ratio_lines = [
+        f"`{label}` against `{first}`: papers/s x{r['papers_per_s']}, generated tokens/s x{r['tokens_per_s']}, "
+        f"kept pairs per candidate x{r['kept_per_candidate']}, per paper x{r['kept_per_paper']}."
+        for label, r in result["ratios_vs_first"].items() if label != first
+    ]
+    decoding = ", ".join(f"{k}={v}" for k, v in result["decoding"].items())
+    return [
+        f"`econlm bench qa-teacher` ({path.name}, {result.get('date', '')}): the same {result['limit']} {result['split']} "
+        f"abstracts (seed {result['seed']}) for each teacher, {result['pairs_asked']} pairs asked, the same prompt, "
+        f"decoding ({decoding}) and filters; the teachers took turns in rounds of {result['round_size']} papers, "
+        f"{result['concurrency']} request(s) in flight. Filter columns: candidates dropped (share of candidates). "
+        f"Throughput is over the seconds each teacher's rounds took, on {result['cpu_count']} CPUs "
+        f"(load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at "
+        "end; the last column is the mean while that teacher ran): on a shared machine read the ratios, not the "
+        "absolute speeds." + ("" if result.get("complete") else " The run was stopped before its last round."),
+        teacher_table(result),
+        *ratio_lines,
+    ]
+
+
+def render_datasheet(qa_file: str | Path, notes: str = "", n_examples: int = 10, seed: int = 0,
+                     teacher_choice: str | Path | None = None) -> str:
+    """The datasheet's Markdown; `teacher_choice` is an `econlm bench qa-teacher` result file."""
     qa_file = Path(qa_file)
     progress_path, summary_path = sidecar_paths(qa_file)
     if not summary_path.is_file():
@@ -54,6 +101,8 @@ def render_datasheet(qa_file: str | Path, notes: str = "", n_examples: int = 10,
         "The prompt (system message, worked examples as earlier chat turns, then the abstract):",
         "```text\n" + "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in run["prompt_messages"]) + "\n```",
     ]
+    if teacher_choice is not None:
+        parts += ["## Teacher choice", *teacher_choice_section(Path(teacher_choice))]
     if notes.strip():
         parts += ["## Notes", notes.strip()]
     per_split_rows = [
@@ -92,7 +141,7 @@ def render_datasheet(qa_file: str | Path, notes: str = "", n_examples: int = 10,
 
 
 def write_datasheet(qa_file: str | Path, out: str | Path, notes: str | Path | None = None, n_examples: int = 10,
-                    seed: int = 0) -> Path:
+                    seed: int = 0, teacher_choice: str | Path | None = None) -> Path:
     text = Path(notes).read_text(encoding="utf-8") if notes else ""
-    atomic_write_text(out, render_datasheet(qa_file, text, n_examples, seed))
+    atomic_write_text(out, render_datasheet(qa_file, text, n_examples, seed, teacher_choice))
     return Path(out)

@@ -3,7 +3,15 @@ file (closed book, the training prompt), and MMLU-econ multiple choice (`econlm.
 
 Writes OUT/predictions.jsonl (question, reference, prediction, token F1), OUT/mmlu_predictions.jsonl,
 OUT/metrics.json (a `MetricReport`: token F1 and exact match (SQuAD normalisation), ROUGE-L F
-(rouge-score, stemmer), `mmlu_*` accuracies with 95% intervals, provenance) and OUT/mmlu.png.
+(rouge-score, stemmer), `minilm_cosine` (below), `mmlu_*` accuracies with 95% intervals, provenance)
+and OUT/mmlu.png.
+
+The study scored answers with BERTScore; its stand-in here is `minilm_cosine`, the mean cosine
+similarity of each answer's and its reference's sentence embeddings by the packaged encoder
+(all-MiniLM-L6-v2, the one retrieval uses): one vector per text, no token alignment, no
+roberta-large, so its values are not comparable with BERTScore's. Without the encoder installed
+(the `rag` extra) it is None and the provenance says why.
+
 Only pairs whose source paper is in the corpus split are used, so train pairs never score a model.
 """
 
@@ -27,6 +35,8 @@ from econlm.qa.mmlu import N_SHOTS, default_mmlu_dir, evaluate_mmlu
 from econlm.types import MetricReport, QAPair, QAPrediction
 
 DEFAULT_QA_FILE = package_data("datasets/qa/econ-qa.jsonl")  # the shipped Q&A set
+SIMILARITY_DEFINITION = ("mean cosine similarity of the answer's and the reference's all-MiniLM-L6-v2 sentence "
+                         "embeddings (one vector per text; not BERTScore, which aligns roberta-large token embeddings)")
 # Reference answers are at most 60 words (the synthesis filter), about 80 SmolLM2 tokens.
 QA_DECODING = Decoding(max_new_tokens=96)
 
@@ -55,6 +65,26 @@ def answer_questions(backend, pairs: list[QAPair], decoding: Decoding = QA_DECOD
     return [replies[0] for replies in backend.chat(conversations, decoding)]
 
 
+def embedding_similarity(predictions: list[str], references: list[str], encoder) -> float:
+    """Mean cosine of each prediction's and its reference's sentence vectors (`encoder.encode`
+    returns unit-length rows, so the cosine is their dot product)."""
+    import numpy as np
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return float(np.mean(np.sum(encoder.encode(predictions) * encoder.encode(references), axis=1)))
+
+
+def similarity_encoder():
+    """The packaged sentence encoder, or (None, why) when it is not installed."""
+    from econlm.rag.embeddings import MiniLMEmbedder
+
+    try:
+        return MiniLMEmbedder(), None
+    except UserError as exc:  # MissingExtraError included
+        return None, str(exc)
+
+
 def evaluate_qa(
     backend: Backend,
     out_dir: str | Path,
@@ -81,6 +111,9 @@ def evaluate_qa(
     answers = [first_paragraph(text) for text in raw]
     qa_seconds = time.perf_counter() - started
     report = qa_report(answers, [p.answer for p in pairs])
+    encoder, no_encoder = similarity_encoder()
+    report.metrics["minilm_cosine"] = (embedding_similarity(answers, [p.answer for p in pairs], encoder)
+                                       if encoder is not None else None)
     predictions = [
         QAPrediction(id=f"qa-{p.source_id}-{k}", task="qa", input=p.question, reference=p.answer, prediction=a,
                      raw_output=r, token_f1=token_f1(a, p.answer), source_id=p.source_id)
@@ -115,6 +148,7 @@ def evaluate_qa(
         prompting="zero-shot chat, closed book",
         prompt_template=QA.id,
         answer="reply up to its first blank line",
+        minilm_cosine=f"{SIMILARITY_DEFINITION}, {encoder.name}" if encoder is not None else f"not computed: {no_encoder}",
         decoding=dataclasses.asdict(decoding),
         batch_size=backend.batch_size,
         qa_seconds=round(qa_seconds, 2),

@@ -25,7 +25,9 @@ A reply without one complete Q/A pair counts as unparsable. Follow-up turns (--d
 same checks; if one fails, the pair keeps no turns (`turns_dropped`).
 
 Resumable: the output file holds only kept pairs; a sidecar `<stem>.progress.jsonl` gets one line
-per finished paper, written after that paper's pairs are appended and fsynced. A rerun first drops
+per finished paper (its counts, the teacher's whole reply, each dropped pair with its reason), so
+the filters can be audited and the replies' tokens counted without asking the teacher again; the
+line is written after that paper's pairs are appended and fsynced. A rerun first drops
 pairs of papers without a progress line (interrupted mid-paper), then skips finished papers.
 Papers whose teacher call failed (after the backend's bounded retries) are not marked finished,
 so a rerun tries them again. `<stem>.summary.json` (counts over all runs) is written atomically at
@@ -60,7 +62,6 @@ from econlm.types import SPLITS, Message, Paper, QAPair, normalize_ws
 TEACHER_DECODING = Decoding(max_new_tokens=256, temperature=0.3, top_p=0.9, seed=0)
 # A dead endpoint should stop the run, not fail every remaining paper one by one.
 MAX_CONSECUTIVE_FAILURES = 5
-REPLY_EXCERPT = 600  # characters of an unparsable reply kept in the progress file
 
 
 # ---------------------------------------------------------------------------------------- parsing
@@ -217,7 +218,7 @@ def review_reply(
     parsed = parse_reply(reply)
     if not parsed:
         counts["unparsable"] = 1
-        return Review([], counts, [{"reason": "unparsable", "reply": reply[:REPLY_EXCERPT]}])
+        return Review([], counts, [{"reason": "unparsable"}])
     rejected: list[dict[str, str]] = []
     abstract_stems = content_stems(paper.abstract)
     kept: list[QAPair] = []
@@ -343,14 +344,15 @@ def select_papers(corpus_dir: str | Path, split: str, limit: int | None = None, 
     return papers[:limit] if limit else papers
 
 
-def load_teacher(spec: EngineSpec, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 3) -> Backend:
-    """The teacher's backend: an endpoint with `concurrency` requests in flight, or an in-process
-    model (transformers batches `concurrency` prompts)."""
+def load_teacher(spec: EngineSpec, concurrency: int = 4, timeout: float = 120.0, max_retries: int = 3,
+                 base_url: str | None = None) -> Backend:
+    """The teacher's backend: an endpoint (at `base_url`, else $OPENAI_BASE_URL) with `concurrency`
+    requests in flight, or an in-process model (transformers batches `concurrency` prompts)."""
     if spec.engine == "transformers":
         return get_backend(spec, batch_size=concurrency, progress=False)
     if ENGINES[spec.engine].local:
         return get_backend(spec)
-    return get_backend(spec, timeout=timeout, max_retries=max_retries, concurrency=concurrency)
+    return get_backend(spec, timeout=timeout, max_retries=max_retries, concurrency=concurrency, base_url=base_url)
 
 
 def _teacher_errors() -> tuple[type[BaseException], ...]:
@@ -376,6 +378,7 @@ def synthesize(
     filters: Filters = Filters(),
     timeout: float = 120.0,
     max_retries: int = 3,
+    base_url: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Write Q&A pairs for the split's papers to `out` (appending, resumable); returns the summary."""
@@ -399,13 +402,14 @@ def synthesize(
     def finish(paper: Paper, reply: str, seconds: float) -> None:
         review = review_reply(paper, reply, filters, store.seen_questions, split, teacher_name, prompt.id)
         store.add(review.kept, {"source_id": paper.arxiv_id, "split": split, "teacher": teacher_name, "prompt": prompt.id,
-                                "counts": dict(review.counts), "seconds": round(seconds, 2), "rejected": review.rejected})
+                                "counts": dict(review.counts), "seconds": round(seconds, 2), "reply": reply,
+                                "rejected": review.rejected})
         run["finished"] += 1
         bar.update(1)
         bar.set_postfix(pairs=sum(r["counts"].get("kept", 0) for r in store.done.values()), refresh=False)
 
     try:
-        backend = load_teacher(teacher, concurrency=concurrency, timeout=timeout, max_retries=max_retries)
+        backend = load_teacher(teacher, concurrency=concurrency, timeout=timeout, max_retries=max_retries, base_url=base_url)
         if ENGINES[teacher.engine].local:
             _run_batched(backend, pending, prompt, n_pairs, decoding, concurrency, finish)
         else:
