@@ -18,17 +18,16 @@ with fallbacks for rows that are not a multiple of 256) exactly as `llama-quanti
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from econlm.errors import MissingExtraError, UserError
+from econlm.io import atomic_path
 from econlm.models import ModelRef, load_model
 
 QUANT_TYPES = ("f16", "q8_0", "q4_k_m")
@@ -50,7 +49,7 @@ def export_gguf(model_ref: ModelRef, out: str | Path, quant: str = "f16", progre
     model, tokenizer = load_model(model_ref, dtype="float32", device="cpu", merge_adapter=True)
     info = {"model_ref": model_ref.text, "kind": model_ref.kind, "model_hash": model_ref.hash}
     description = f"econlm export of {model_ref} ({model_ref.kind}, content hash {model_ref.hash})"
-    with _temp_sibling(out) as tmp_path:
+    with atomic_path(out) as tmp_path:
         if quant == "f16":
             _write_f16(model, tokenizer, tmp_path, model_ref.name, description, progress)
         else:
@@ -66,21 +65,6 @@ def export_gguf(model_ref: ModelRef, out: str | Path, quant: str = "f16", progre
         "bytes": out.stat().st_size,
         "seconds": round(time.perf_counter() - started, 1),
     }
-
-
-@contextlib.contextmanager
-def _temp_sibling(path: Path) -> Iterator[Path]:
-    """A temp path beside `path`, renamed onto it when the block succeeds (writers that want a
-    path, not a file handle, so `econlm.io.atomic_open` does not fit)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _require_llama_cpp():

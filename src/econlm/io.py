@@ -12,10 +12,10 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,23 +23,50 @@ from econlm import __version__
 from econlm.errors import UserError
 
 
+def _new_temp_sibling(path: Path, make: Callable[[Path], Any], tag: str = "") -> tuple[Path, Any]:
+    """`make(.NAME.TAGXXXXXXXX.tmp)` beside `path` under a fresh random name, retried on a clash.
+
+    Not tempfile.mkstemp/mkdtemp: they create with mode 0600/0700, which the rename would carry
+    onto outputs other users are meant to read; `make` creates with 0666/0777 and lets the
+    umask (and a directory's default ACL) decide, as a plain open() or mkdir does.
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{tag}{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, make(tmp)
+        except FileExistsError:
+            continue
+
+
+def _create_file(tmp: Path) -> None:
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file next to `path`; on success fsync and rename it over `path`."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A new empty file beside `path`, renamed onto it when the block succeeds and removed when it
+    fails, for writers that take a path rather than a file handle (the GGUF writer, llama.cpp's
+    quantiser). It gets the mode a plain open() gives a new file (0644 under umask 022)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    binary = "b" in mode
+    tmp, _ = _new_temp_sibling(path, _create_file)
     try:
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+    """Open a temp file next to `path` (`atomic_path`); on success fsync it and rename it over `path`."""
+    binary = "b" in mode
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=None if binary else encoding) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -261,7 +288,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     target = check_out_dir(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_leftovers(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp", dir=target.parent))
+    tmp, _ = _new_temp_sibling(target, os.mkdir, tag=f"{os.getpid()}-")
     try:
         yield tmp
         entries = sorted(p.name for p in tmp.iterdir())
