@@ -6,6 +6,7 @@ loaders look first; everything else (pages, loaders, store, retriever, prompts) 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from econlm.app import settings, state
+from econlm.data.templates import CLASSIFY, CLASSIFY_THEN_TITLE, TITLE
 from econlm.errors import UserError
+from econlm.models import ModelRef
 from econlm.rag import store
 from fakes import FakeBackend, HashEmbedder, make_bomb_pdf, make_image_only_pdf, make_pdf
 
@@ -67,7 +70,7 @@ def texts(elements) -> list[str]:
 
 
 def test_every_page_says_which_model_answers(home, monkeypatch):
-    monkeypatch.setattr(settings, "SHIPPED_ADAPTER_DIR", home / "no-adapter")
+    monkeypatch.setattr("econlm.backends.choice.SHIPPED_ADAPTER_DIR", home / "no-adapter")
     choice = settings.backend_choice()
     assert choice.spec == "transformers:smollm2-135m-instruct" and "adapter is not present" in choice.note
     at = AppTest.from_file(APP, default_timeout=120).run()  # nothing loaded until a page needs the model
@@ -80,7 +83,8 @@ def test_every_page_says_which_model_answers(home, monkeypatch):
 
 
 def test_title_page(home):
-    at = start("title")
+    backend = FakeBackend()
+    at = start("title", backend)
     at.text_area[0].input(ABSTRACT)
     at.button[0].click().run()
     assert texts(at.subheader) == ["We Prove A Theorem On The Existence Of"]
@@ -92,6 +96,28 @@ def test_title_page(home):
     at.text_area[0].input("   ")
     at.button[0].click().run()
     assert texts(at.error) == ["paste an abstract first"] and not at.exception
+    assert backend.conversations[0] == [m.model_dump() for m in TITLE.prompt(abstract=ABSTRACT)]
+
+
+def test_title_page_asks_a_classify_then_title_model_after_its_own_category(home, tmp_path):
+    """A run's record says it learned titles after the category turn: the page asks the category
+    first (constrained), then the title question after the model's own answer."""
+    run = tmp_path / "joint-run"  # an adapter folder as `econlm train` leaves it, without weights (never loaded)
+    run.mkdir()
+    (run / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "smollm2-135m-instruct"}))
+    (run / "econlm_run.json").write_text(json.dumps({"templates": {"title": CLASSIFY_THEN_TITLE.id,
+                                                                   "classify": CLASSIFY_THEN_TITLE.id}}))
+    backend = FakeBackend()
+    backend.model_ref = ModelRef.parse(run)
+    at = start("title", backend)
+    at.text_area[0].input(ABSTRACT)
+    at.button[0].click().run()
+    assert not at.exception and texts(at.subheader)
+    category_turn, title_turn = backend.conversations[-2:]
+    assert category_turn == [m.model_dump() for m in CLASSIFY.prompt(abstract=ABSTRACT)]
+    # The fake scores "Theoretical Economics" highest for ABSTRACT ("theoretical model").
+    assert title_turn == [m.model_dump() for m in CLASSIFY_THEN_TITLE.prompt(first_answer="Theoretical Economics",
+                                                                              abstract=ABSTRACT)]
 
 
 def test_classify_page_shows_three_probabilities(home):

@@ -196,3 +196,33 @@ def test_eval_asks_a_classify_then_title_model_as_it_was_trained(early_run, smal
     assert raw == [out[0] for out in backend.chat(asked, decoding)]
     classify = evaluate(backend, "classify", small_corpus, tmp_path / "classify", split="validation", limit=3)
     assert classify.provenance["prompt_template"] == CLASSIFY_THEN_TITLE.id
+
+
+def test_app_asks_a_classify_then_title_model_as_it_was_trained(early_run, papers, monkeypatch):
+    """The Title page's conversation is the training sequence cut at the title turn, its category
+    the one the Classify page puts first; a per-task model still gets the title template."""
+    from econlm.app import tasks
+    from econlm.backends.hf import TransformersBackend
+    from econlm.data.templates import TITLE
+    from econlm.evaluate import trained_jointly, training_record
+    from econlm.types import normalize_ws
+
+    backend = TransformersBackend(ModelRef.parse(early_run), batch_size=4)
+    after_category = trained_jointly(training_record(backend.model_ref), "title")
+    assert after_category and not trained_jointly(training_record(backend.model_ref), "qa")
+    asked, chat = [], backend.chat
+
+    def recording_chat(conversations, decoding):
+        asked.extend(conversations)
+        return chat(conversations, decoding)
+
+    monkeypatch.setattr(backend, "chat", recording_chat)
+    abstract = normalize_ws(papers[0].abstract)  # as the page passes it on
+    title, _ = tasks.suggest_titles(backend, abstract, after_category=after_category)
+    probabilities = tasks.classify(backend, abstract)
+    category = LABEL_TO_ANSWER[max(probabilities, key=probabilities.get)]
+    assert asked == [[m.model_dump() for m in CLASSIFY_THEN_TITLE.prompt(first_answer=category, abstract=abstract)]]
+    assert title == tasks._clean_title(chat(asked, tasks.TITLE_DECODING)[0][0])
+    asked.clear()
+    tasks.suggest_titles(backend, abstract, after_category=False)
+    assert asked == [[m.model_dump() for m in TITLE.prompt(abstract=abstract)]]

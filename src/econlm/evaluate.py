@@ -29,11 +29,12 @@ import json
 import random
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from econlm import provenance
-from econlm.backends import Backend, Decoding, EngineSpec, get_backend
+from econlm.backends import Backend, Decoding, EngineSpec, Messages, get_backend
 from econlm.data.corpus import load_papers, split_files
 from econlm.data.templates import (ANSWER_TO_LABEL, CLASSIFY, CLASSIFY_THEN_TITLE, LABEL_TO_ANSWER, ONE_SHOT_CLASSIFY,
                                    ONE_SHOT_TITLE, TITLE)
@@ -131,6 +132,12 @@ def training_record(model: ModelRef | None) -> dict[str, Any] | None:
         "corpus_sha256": run.get("data", {}).get("corpus_sha256")}
 
 
+def trained_jointly(training: dict[str, Any] | None, task: str) -> bool:
+    """Whether a run (`training_record`) learned `task` inside classify-then-title sequences, so it
+    must be asked that way: the category turn first, then the title turn."""
+    return bool(training) and training.get("templates", {}).get(task) == CLASSIFY_THEN_TITLE.id
+
+
 def resolve_prompting(prompting: str, backend) -> str:
     if prompting not in PROMPTINGS:
         raise UserError(f"unknown prompting {prompting!r}: choose from {', '.join(PROMPTINGS)}")
@@ -189,7 +196,7 @@ def evaluate(
     trained_with = training.get("templates", {}).get(task) if training else None
     # A model trained on classify-then-title sequences is asked as it was trained: the category with
     # the sequence's first turn (CLASSIFY's prompt), the title after its own answer to that turn.
-    joint = mode == "zero-shot" and trained_with == CLASSIFY_THEN_TITLE.id
+    joint = mode == "zero-shot" and trained_jointly(training, task)
     if mode == "zero-shot" and trained_with and trained_with != expected and not joint:
         raise UserError(f"{backend.model_ref} was trained with prompt template {trained_with}, but this econlm "
                         f"evaluates {task} with {expected}; evaluate it with the econlm version that trained it")
@@ -241,11 +248,28 @@ def evaluate(
     return report
 
 
-def _chat_prompts(template, task: str, papers: list[Paper], examples: list[Paper]) -> list[list[dict]]:
+def _chat_prompts(template, task: str, abstracts: Sequence[str], examples: Sequence[Paper]) -> list[Messages]:
     """The training chat template, with any worked examples as earlier (user, assistant) turns."""
     shown = dataclasses.replace(template, examples=tuple((template.user.format(abstract=e.abstract), _answer(task, e))
                                                          for e in examples))
-    return [[m.model_dump() for m in shown.prompt(abstract=p.abstract)] for p in papers]
+    return [[m.model_dump() for m in shown.prompt(abstract=abstract)] for abstract in abstracts]
+
+
+def title_conversations(backend: Backend, abstracts: Sequence[str], after_category: bool,
+                        examples: Sequence[Paper] = ()) -> tuple[list[Messages], str]:
+    """The chats that ask a model for the titles of `abstracts`, and their template id; eval and the
+    app's Title page both ask through here, so a model is asked the same way everywhere.
+
+    A model trained on classify-then-title sequences (`after_category`, see `trained_jointly`) saw
+    every title after the paper's category turn: it gets CLASSIFY's prompt answered with its own
+    constrained choice of category, then the title turn. Any other model gets the title template,
+    with `examples` (few-shot) as earlier worked turns."""
+    if after_category:
+        scores = backend.score_options(_chat_prompts(CLASSIFY, "classify", abstracts, []), ANSWERS)
+        categories = [ANSWERS[max(range(len(ANSWERS)), key=row.__getitem__)] for row in scores]
+        return ([[m.model_dump() for m in CLASSIFY_THEN_TITLE.prompt(first_answer=category, abstract=abstract)]
+                 for abstract, category in zip(abstracts, categories)], CLASSIFY_THEN_TITLE.id)
+    return _chat_prompts(TITLE, "title", abstracts, examples), TITLE.id
 
 
 def _uses_chat(backend, mode: str) -> bool:
@@ -253,16 +277,9 @@ def _uses_chat(backend, mode: str) -> bool:
 
 
 def _titles(backend, papers: list[Paper], mode: str, examples: list[Paper], decoding: Decoding, joint: bool):
-    if joint:
-        scores = backend.score_options(_chat_prompts(CLASSIFY, "classify", papers, []), ANSWERS)
-        labels = [ANSWERS[max(range(len(ANSWERS)), key=row.__getitem__)] for row in scores]
-        conversations = [[m.model_dump() for m in CLASSIFY_THEN_TITLE.prompt(first_answer=label, abstract=p.abstract)]
-                         for p, label in zip(papers, labels)]
+    if _uses_chat(backend, mode):  # joint runs are zero-shot
+        conversations, template_id = title_conversations(backend, [p.abstract for p in papers], joint, examples)
         outputs = backend.chat(conversations, decoding)
-        template_id = CLASSIFY_THEN_TITLE.id
-    elif _uses_chat(backend, mode):
-        outputs = backend.chat(_chat_prompts(TITLE, "title", papers, examples), decoding)
-        template_id = TITLE.id
     else:
         worked = [(e.abstract, e.title) for e in examples]
         prompts = [ONE_SHOT_TITLE.render(worked, p.abstract) for p in papers]
@@ -278,7 +295,7 @@ def _titles(backend, papers: list[Paper], mode: str, examples: list[Paper], deco
 
 def _classify(backend, papers: list[Paper], mode: str, examples: list[Paper]):
     if _uses_chat(backend, mode):
-        conversations = _chat_prompts(CLASSIFY, "classify", papers, examples)
+        conversations = _chat_prompts(CLASSIFY, "classify", [p.abstract for p in papers], examples)
         scores = backend.score_options(conversations, ANSWERS)
         free = backend.chat(conversations, FREE_GENERATION_DECODING)
         template_id = CLASSIFY.id

@@ -67,6 +67,16 @@ def backend():
     return st.session_state["backend"]
 
 
+def title_after_category() -> bool:
+    """Whether the model learned titles after its category turn (classify-then-title sequences), as
+    its training run's record says; read once per session, so the Title page asks it that way."""
+    if "title_after_category" not in st.session_state:
+        from econlm.evaluate import trained_jointly, training_record
+
+        st.session_state["title_after_category"] = trained_jointly(training_record(backend().model_ref), "title")
+    return st.session_state["title_after_category"]
+
+
 def classifier():
     """The shipped econlm classifier when it was fitted on the model this app runs, else None (the
     Classify page then shows the model's own probabilities over the three answers)."""

@@ -1,7 +1,9 @@
 """What the pages do, without Streamlit: model calls on the task templates, and adding uploads.
 
-The prompts are the training templates (`econlm.data.templates`), so the app asks a fine-tuned
-model exactly what it learned to answer.
+The prompts are the training templates (`econlm.data.templates`), asked the way `econlm eval`
+asks them (`econlm.evaluate.title_conversations`), so the app asks a fine-tuned model exactly what
+it learned to answer: a model trained on classify-then-title sequences gets its title question
+after its own category turn.
 """
 
 from __future__ import annotations
@@ -9,8 +11,9 @@ from __future__ import annotations
 import math
 
 from econlm.backends import Backend, Decoding, Messages
-from econlm.data.templates import CLASSIFY, LABEL_TO_ANSWER, QA, TITLE
+from econlm.data.templates import CLASSIFY, LABEL_TO_ANSWER, QA
 from econlm.errors import UserError
+from econlm.evaluate import title_conversations
 from econlm.rag.assistant import AddReport, add_files
 from econlm.rag.loaders import ParseLimits
 from econlm.types import CATEGORIES, normalize_ws
@@ -33,9 +36,11 @@ def _clean_title(text: str) -> str:
     return first_line.strip().strip('"').removeprefix("Title:").strip()
 
 
-def suggest_titles(backend: Backend, abstract: str, alternatives: bool = False) -> tuple[str, list[str]]:
-    """The greedy title, and three sampled alternatives when asked."""
-    conversation = [m.model_dump() for m in TITLE.prompt(abstract=_abstract(abstract))]
+def suggest_titles(backend: Backend, abstract: str, alternatives: bool = False, *,
+                   after_category: bool) -> tuple[str, list[str]]:
+    """The greedy title, and three sampled alternatives when asked. `after_category`: the model
+    learned titles after its category turn (`econlm.evaluate.trained_jointly`, read at load)."""
+    conversation = title_conversations(backend, [_abstract(abstract)], after_category)[0][0]
     title = _clean_title(backend.chat([conversation], TITLE_DECODING)[0][0])
     others = [_clean_title(t) for t in backend.chat([conversation], ALTERNATIVES_DECODING)[0]] if alternatives else []
     return title, others
@@ -43,7 +48,8 @@ def suggest_titles(backend: Backend, abstract: str, alternatives: bool = False) 
 
 def classify(backend: Backend, abstract: str, classifier=None) -> dict[str, float]:
     """Probability of each category (econ.EM, econ.GN, econ.TH): the econlm classifier's when given
-    (`econlm.classifier`, fitted on this backend's model), else a softmax over the answers' log-likelihoods."""
+    (`econlm.classifier`, fitted on this backend's model), else a softmax over the answers' log-likelihoods.
+    CLASSIFY's prompt is also the first turn of a classify-then-title sequence, so it asks either kind of model."""
     abstract = _abstract(abstract)
     labels = list(CATEGORIES)
     if classifier is not None:

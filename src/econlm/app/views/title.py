@@ -12,7 +12,8 @@ alternatives = st.checkbox("Also suggest 3 alternatives (sampled)")
 if st.button("Suggest a title", type="primary"):
     try:
         with st.spinner("Writing a title ..."):
-            title, others = tasks.suggest_titles(state.backend(), abstract, alternatives)
+            title, others = tasks.suggest_titles(state.backend(), abstract, alternatives,
+                                                 after_category=state.title_after_category())
     except UserError as exc:
         state.fail(str(exc))
     st.subheader(state.escape_markdown(title))
