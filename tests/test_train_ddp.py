@@ -5,18 +5,17 @@ followed by `--resume` with the same launch finishes with the uninterrupted resu
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_processes import assert_same_weights, launch, partial_saves, wait_for
 
 from econlm.config import PRESETS_DIR, load_config
 from econlm.errors import UserError
@@ -42,11 +41,10 @@ def _free_port() -> int:
 
 
 def _launch(args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`econlm train ARGS` under the documented `accelerate launch` of PROCESSES processes."""
     accelerate = Path(sys.executable).with_name("accelerate")
-    command = [str(accelerate), "launch", "--config_file", str(DDP_CONFIG), "--num_processes", str(PROCESSES),
-               "--main_process_port", str(_free_port()), "-m", "econlm.cli", "train", *args]
-    with log.open("a") as fh:  # the child keeps its own descriptor
-        return subprocess.Popen(command, stdout=fh, stderr=fh, env={**os.environ, **(extra_env or {})})
+    return launch(args, log, extra_env, launcher=[str(accelerate), "launch", "--config_file", str(DDP_CONFIG),
+                                                   "--num_processes", str(PROCESSES), "--main_process_port", str(_free_port())])
 
 
 def _train_args(corpus: Path, overrides: list[str], out: Path) -> list[str]:
@@ -71,18 +69,6 @@ def _worker(launcher: subprocess.Popen, rank: int) -> psutil.Process:
 
 def _rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    """Equal up to float rounding: two processes add the step's gradients in another order (each
-    sums its share, then the all-reduce adds the shares) than one process accumulating them, and
-    Adam scales such noise up on tiny gradients. Measured: 6e-7 at most. A wrong split of the
-    step, a per-process instead of a global loss normalisation or a wrongly restored state moves
-    the weights by a good part of lr = 1e-3, far outside this."""
-    left, right = load_file(str(a)), load_file(str(b))
-    assert left.keys() == right.keys()
-    for key in left:
-        torch.testing.assert_close(left[key], right[key], atol=2e-5, rtol=1e-4, msg=key)
 
 
 def _assert_same_log(run: Path, reference: Path) -> None:
@@ -115,7 +101,7 @@ def test_two_processes_train_what_one_process_trains(small_corpus, tmp_path):
     assert record["schedule"] == json.loads((single / "econlm_run.json").read_text())["schedule"]
     _assert_same_log(run, single)
     for adapter in ("adapter_model.safetensors", "checkpoints/step-6/adapter_model.safetensors"):
-        _assert_same_weights(run / adapter, single / adapter)
+        assert_same_weights(run / adapter, single / adapter)
     metrics, single_metrics = (json.loads((d / "metrics.json").read_text()) for d in (run, single))
     assert metrics["finished"] and metrics["best_step"] == single_metrics["best_step"]
     assert metrics["train_tokens"] == single_metrics["train_tokens"]
@@ -130,11 +116,7 @@ def test_a_killed_process_resumes_with_the_same_launch(small_corpus, tmp_path):
     # save for a few seconds; step 3's is complete by then); the launcher then stops process 0.
     run = tmp_path / "killed"
     launcher = _launch(_train_args(small_corpus, RESUMED, run), log, {PAUSE_ENV: "4"})
-    deadline = time.monotonic() + 300
-    while not any((p / "adapter_model.safetensors").is_file() for p in (run / "checkpoints").glob(".step-6.*.tmp")):
-        assert launcher.poll() is None, log.read_text()[-4000:]
-        assert time.monotonic() < deadline, log.read_text()[-4000:]
-        time.sleep(0.05)
+    wait_for(lambda: any(p.name.startswith(".step-6.") for p in partial_saves(run)), launcher, log)
     worker = _worker(launcher, rank=1)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)  # not our child: psutil sees it gone, not its status
@@ -147,7 +129,7 @@ def test_a_killed_process_resumes_with_the_same_launch(small_corpus, tmp_path):
     assert f"resuming from {run / 'checkpoints' / 'step-3'}" in log.read_text()
     _assert_same_log(run, reference)
     for adapter in ("adapter_model.safetensors", "checkpoints/step-9/adapter_model.safetensors"):
-        _assert_same_weights(run / adapter, reference / adapter)
+        assert_same_weights(run / adapter, reference / adapter)
     assert json.loads((run / "metrics.json").read_text())["finished"]
 
     # One process cannot continue what two started: its data split and generators differ.

@@ -10,13 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from econlm.bench.serve import EngineServer
 from econlm.errors import UserError
 from econlm.models import ModelRef
 from econlm.vllm_engine import CPU_KV_CACHE_BYTES, VllmLaunch, free_port, vllm_python
@@ -166,30 +166,10 @@ def vllm_server(tmp_path_factory):
     if not vllm_installed():
         pytest.skip(f"vLLM's virtualenv is absent ({sys.prefix}-vllm, or $ECONLM_VLLM_PYTHON): make install-vllm")
     port = free_port()
-    log = tmp_path_factory.mktemp("vllm") / "serve.log"
-    with open(log, "wb") as out:
-        serve = subprocess.Popen([sys.executable, "-m", "econlm.cli", "serve", "--engine", "vllm", "--model", "econlm",
-                                  "--port", str(port), "--name", NAME, "--api-key", KEY], stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            assert serve.poll() is None, f"econlm serve --engine vllm exited {serve.returncode}:\n{log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vLLM did not start in 900 s:\n{log.read_text()[-3000:]}"
-            try:
-                if httpx.get(f"{base}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        yield f"{base}/v1"
-    finally:
-        serve.send_signal(signal.SIGINT)
-        try:
-            serve.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            serve.kill()
-            raise
+    command = [sys.executable, "-m", "econlm.cli", "serve", "--engine", "vllm", "--model", "econlm",
+               "--port", str(port), "--name", NAME, "--api-key", KEY]
+    with EngineServer(command, port, tmp_path_factory.mktemp("vllm") / "serve.log") as server:  # as bench serve starts it
+        yield server.base_url
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Training in a child process that a test SIGKILLs at a chosen point, and how the result is checked:
-shared by tests/test_train_resume.py and tests/reliability/test_kill_training.py."""
+shared by tests/test_train_resume.py, tests/test_train_ddp.py and tests/reliability/test_kill_training.py."""
 
 from __future__ import annotations
 
@@ -16,11 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 
-def launch(args: list[str], log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """`econlm train ARGS` in a child process, its output appended to `log`."""
+def launch(args: list[str], log: Path, extra_env: dict[str, str] | None = None,
+           launcher: list[str] | None = None) -> subprocess.Popen:
+    """`econlm train ARGS` in a child process, its output appended to `log`; `launcher` runs the
+    module instead of this Python (e.g. `accelerate launch ... `, which is given `-m econlm.cli`)."""
     env = {**os.environ, **(extra_env or {})}
+    command = [*(launcher or [sys.executable]), "-m", "econlm.cli", "train", *args]
     with log.open("a") as fh:  # the child keeps its own descriptor
-        return subprocess.Popen([sys.executable, "-m", "econlm.cli", "train", *args], stdout=fh, stderr=fh, env=env)
+        return subprocess.Popen(command, stdout=fh, stderr=fh, env=env)
 
 
 def wait_for(condition, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
@@ -64,9 +67,11 @@ def partial_saves(run: Path) -> list[Path]:
 
 def assert_same_weights(a: Path, b: Path) -> None:
     """Equal up to float noise: MKL's kernels can round differently with the memory alignment of
-    their inputs, which differs between processes, and Adam scales such noise up on tiny gradients
-    (1e-6 failed once in CI under load). A resume that restored the wrong step, data position or
-    dropout RNG moves the weights by ~lr = 1e-3, far outside this."""
+    their inputs, which differs between processes, two processes add a step's gradients in another
+    order than one process accumulating them (measured: 6e-7 at most), and Adam scales such noise
+    up on tiny gradients (1e-6 failed once in CI under load). A resume that restored the wrong
+    step, data position or dropout RNG, a wrong split of a step over processes or a per-process
+    loss normalisation moves the weights by a good part of lr = 1e-3, far outside this."""
     left, right = load_file(str(a)), load_file(str(b))
     assert left.keys() == right.keys()
     for key in left:

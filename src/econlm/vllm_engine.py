@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,11 +189,10 @@ def _own_tokenizer(model: ModelRef, base_source: str) -> str | None:
     return model.source
 
 
-def _start(launch: VllmLaunch, python: Path, log=None) -> subprocess.Popen:
+def _start(launch: VllmLaunch, python: Path) -> subprocess.Popen:
     """vLLM in a process group of its own (its engine and workers are its children), so a signal
     reaches all of them at once, as Ctrl-C in a terminal would."""
-    return subprocess.Popen(launch.argv(python), env=launch.env(), stdout=log, stderr=subprocess.STDOUT if log else None,
-                            start_new_session=True)
+    return subprocess.Popen(launch.argv(python), env=launch.env(), start_new_session=True)
 
 
 def _stop(child: subprocess.Popen, signum: int = signal.SIGTERM) -> int:
@@ -244,38 +242,3 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
-
-@contextlib.contextmanager
-def running(model: ModelRef, served_name: str = "econlm", api_key: str | None = None, log_path: str | Path | None = None,
-            startup_timeout_s: float = 900.0, dtype: str | None = None) -> Iterator[VllmLaunch]:
-    """vLLM serving `model` on a free port of 127.0.0.1 while the block runs (for tests and
-    `econlm bench serve`); its log goes to `log_path`. Yields the launch (its `base_url`) once
-    /health answers; a server that exits or stays silent is a UserError with the log's end."""
-    import httpx
-
-    install = VllmInstall.find()
-    launch = VllmLaunch.for_model(model, served_name, install.device, port=free_port(), api_key=api_key, dtype=dtype)
-    log_path = Path(log_path) if log_path is not None else Path(os.devnull)
-    with open(log_path, "ab") as log:
-        child = _start(launch, install.python, log)
-        try:
-            deadline = time.monotonic() + startup_timeout_s
-            health = launch.base_url.removesuffix("/v1") + "/health"
-            while True:
-                if child.poll() is not None:
-                    raise UserError(f"vLLM exited with status {child.returncode} while starting:\n{_tail(log_path)}")
-                if time.monotonic() > deadline:
-                    raise UserError(f"vLLM did not answer {health} within {startup_timeout_s:.0f}s:\n{_tail(log_path)}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(health, timeout=5).status_code == 200:
-                        break
-                time.sleep(1)
-            yield launch
-        finally:
-            _stop(child)
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    if str(path) == os.devnull:
-        return "(no log kept)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
