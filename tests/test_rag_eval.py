@@ -20,14 +20,18 @@ def test_committed_documents_are_what_the_generator_writes(tmp_path):
         assert path.read_bytes() == (committed / path.name).read_bytes(), f"{path.name}: regenerate with python -m econlm.rag.evalset"
 
 
-def test_every_fact_is_on_the_page_the_question_names():
+@pytest.mark.parametrize("name, kinds", [
+    (evalset.QUESTIONS_FILE, {"fact", "table", "injection", "unanswerable"}),
+    (evalset.HELDOUT_FILE, {"fact", "table", "injection", "unanswerable", "vague"}),
+])
+def test_every_fact_is_on_the_page_the_question_names(name, kinds):
     from econlm.rag.loaders import load_path
 
     pages = {name: load_path(evalset.committed_dir() / name).pages for name in evalset.DOCUMENTS}
-    questions = evalset.load_questions()
-    assert {q.kind for q in questions} == {"fact", "table", "injection", "unanswerable"}
+    questions = evalset.load_questions(name=name)
+    assert {q.kind for q in questions} == kinds
     for q in questions:
-        if q.kind == "unanswerable":
+        if q.kind in ("unanswerable", "vague"):
             assert not q.expected and q.source is None
             continue
         text = " ".join(pages[q.source][q.page - 1].split())
@@ -35,6 +39,14 @@ def test_every_fact_is_on_the_page_the_question_names():
         others = [" ".join(p.split()) for n, ps in pages.items() for i, p in enumerate(ps, 1) if (n, i) != (q.source, q.page)]
         assert not any(e.lower() in p.lower() for e in q.expected for p in others), f"{q.id}: the fact is on another page too"
     assert all(evalset.PLANTED in pages["housing-notes.txt"][page] for page in (0, 1))
+
+
+def test_heldout_questions_are_new_and_load_apart():
+    heldout, committed = evalset.load_questions(name=evalset.HELDOUT_FILE), evalset.load_questions()
+    assert heldout == evalset.HELDOUT_QUESTIONS and len(heldout) >= 10
+    assert not {q.question for q in heldout} & {q.question for q in committed}
+    assert not {q.id for q in heldout} & {q.id for q in committed}
+    assert sum(q.kind == "unanswerable" for q in heldout) >= 2 and sum(q.kind == "vague" for q in heldout) == 1
 
 
 class RefusingBackend(FakeBackend):
@@ -67,6 +79,16 @@ def test_answer_benchmark_scores_before_and_after(tmp_path):
     assert refusing["answer"]["refusal_rate_answerable"] < 1.0  # a passage sentence holding the whole question still answers
 
 
+def test_heldout_answers_are_scored_apart():
+    metrics, rows = answer_benchmark(FakeBackend(), HashEmbedder(), questions_file=evalset.HELDOUT_FILE)
+    assert [r.id for r in rows] == [q.id for q in evalset.HELDOUT_QUESTIONS]
+    vague = next(r for r in rows if r.kind == "vague")
+    # A question naming no subject is answered from the documents, not refused.
+    assert vague.retrieved and not vague.scores["answer"]["refused"] and vague.citations
+    assert metrics["answer"]["refusal_rate_vague"] == 0.0 and metrics["answer"]["obeyed"] == 0
+    assert vague.scores["answer"]["contains"] is None and vague.scores["answer"]["citation_precision"] is None
+
+
 def test_retrieval_benchmark_ranks_the_source_paper(tmp_path, small_corpus):
     from econlm.types import QAPair
 
@@ -83,6 +105,9 @@ def test_retrieval_benchmark_ranks_the_source_paper(tmp_path, small_corpus):
         assert metrics[method]["recall_at_10"] == 1.0 and 0 < metrics[method]["mrr_at_10"] <= 1.0
         assert metrics[method]["recall_at_1"] <= metrics[method]["recall_at_5"] <= metrics[method]["recall_at_10"]
     assert all(r.ranks["hybrid"] is not None for r in rows)
+    # Reported per split too: the fusion weight was chosen on the validation papers' questions.
+    assert metrics["fusion_tuned_on"] == "validation" and list(metrics["by_split"]) == ["test"]
+    assert metrics["by_split"]["test"]["n"] == 4 and metrics["by_split"]["test"]["hybrid"] == metrics["hybrid"]
 
 
 def test_evaluate_rag_writes_predictions_and_metrics_with_provenance(tmp_path, small_corpus):
@@ -102,8 +127,10 @@ def test_evaluate_rag_writes_predictions_and_metrics_with_provenance(tmp_path, s
     assert saved["metrics"]["containment"] == report.metrics["containment"]
     assert saved["metrics"]["retrieval"]["n"] == 1 and saved["provenance"]["model"]["backend"] == "fake:deterministic"
     assert saved["provenance"]["prompt_template"] == "econ-rag@1" and "data_sha256" in saved["provenance"]
-    assert set(saved["provenance"]["documents_sha256"]) == {*evalset.DOCUMENTS, evalset.QUESTIONS_FILE}
+    assert set(saved["provenance"]["documents_sha256"]) == {*evalset.DOCUMENTS, evalset.QUESTIONS_FILE, evalset.HELDOUT_FILE}
     assert len(list(RagAnswerPrediction.read_jsonl(out / "predictions.jsonl"))) == len(evalset.QUESTIONS)
+    heldout = list(RagAnswerPrediction.read_jsonl(out / "heldout_predictions.jsonl"))
+    assert len(heldout) == saved["metrics"]["heldout"]["n"] == len(evalset.HELDOUT_QUESTIONS)
     assert len(list(RetrievalPrediction.read_jsonl(out / "retrieval_predictions.jsonl"))) == 1
 
     from econlm.report import write_report

@@ -306,7 +306,8 @@ class RagQuestion(Record):
 
     id: str
     question: str
-    kind: Literal["fact", "table", "injection", "unanswerable"]
+    # "vague": names no subject ("What are the main findings here?"); any held answer, no refusal, is right
+    kind: Literal["fact", "table", "injection", "unanswerable", "vague"]
     expected: list[str] = Field(default_factory=list)  # a right answer contains one of these (case-insensitive)
     source: str | None = None  # the file holding the fact; None for unanswerable questions
     page: int | None = None  # its 1-based page

@@ -142,15 +142,16 @@ def stream_text(pieces: Iterable[str], sink: list[str]) -> None:
         slot.text("".join(sink))
 
 
-def stream_rag_answer(pieces: Iterable[str], hits) -> Answer:
-    """Show a reply as it streams, then replace it with the final text (citations added)."""
-    from econlm.rag.answer import finalize
+def stream_rag_answer(question: str, hits) -> Answer:
+    """Show the model's reply to `question` as it streams, then replace it with the final text: the
+    claims checked against `hits` and against the question (`econlm.rag.answer.finalize`)."""
+    from econlm.rag.answer import finalize, stream_answer
 
     slot = st.empty()
     raw: list[str] = []
     with slot.container():
-        stream_text(pieces, raw)
-    answer = finalize("".join(raw), hits)
+        stream_text(stream_answer(question, hits, backend()), raw)
+    answer = finalize("".join(raw), hits, question)
     slot.text(answer.text)
     return answer
 

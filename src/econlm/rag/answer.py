@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from econlm.backends import Backend, Decoding, Messages
 from econlm.data.templates import DOCS_CLOSE, DOCS_OPEN, RAG
-from econlm.rag.retriever import Hit, stop_words, tokenize
+from econlm.rag.retriever import Hit, is_vague, stop_words, tokenize
 from econlm.types import Answer, Chunk
 
 NOTHING_RELEVANT = (
@@ -357,12 +357,16 @@ def finalize(text: str, hits: Sequence[Hit], question: str | None = None) -> Ans
     quoted whole, and a table cell the question names by row and column is the best. The best one is the answer (with the
     other held claims on the question when it is a claim), provided it holds `MIN_RELEVANCE` of
     the question's terms (`MIN_RELEVANCE_OVER_REFUSAL` when the model said the passages do not
-    answer). Without `question` (the reply alone) claims are kept and a passage sentence is quoted
-    only when it agrees with `MIN_AGREEMENT` of the reply.
+    answer). Without `question` (the reply alone), or with a vague one that names no subject
+    (`econlm.rag.retriever.is_vague`: it has no terms a passage could hold, and is about whatever
+    passages it was asked of), claims are kept and a passage sentence is quoted only when it
+    agrees with `MIN_AGREEMENT` of the reply; for a vague question, when nothing else holds, the
+    top passage's first sentence is quoted (the lead of a text is the usual extractive summary of it).
     """
     written = cite_reply(text, hits)
     passage_quotes = quotes(hits)
-    question_terms = terms(question) if question else frozenset()
+    vague = question is not None and is_vague(question)
+    question_terms = terms(question) if question and not vague else frozenset()
     claims: list[tuple[str, str, frozenset[str]]] = []
     seen: set[str] = set()
     question_numbers = numbers(question) if question else frozenset()
@@ -404,6 +408,9 @@ def finalize(text: str, hits: Sequence[Hit], question: str | None = None) -> Ans
         kept.append((best, label))
         if kind == "claim":
             kept += [(c, lbl) for _, k, c, lbl, _ in ranked if k == "claim" and c != best]
+    elif vague and hits:
+        top_label = citation_label(hits[0].chunk)
+        kept += [(q.text, q.label) for q in passage_quotes if q.label == top_label][:1]
     kept = kept[:MAX_SENTENCES]
     if not kept:
         return written.model_copy(update={"text": NO_ANSWER, "citations": [], "unsupported_citations": [], "attributed": []})

@@ -87,7 +87,7 @@ if question := st.chat_input("Ask about your documents"):
             state.show_answer(result, expanded=True)
         else:
             try:
-                result = state.stream_rag_answer(rag_answer.stream_answer(question, hits, state.backend()), hits)
+                result = state.stream_rag_answer(question, hits)
             except UserError as exc:
                 state.fail(str(exc))
             state.show_answer(result, expanded=True, with_text=False)

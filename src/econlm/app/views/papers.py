@@ -4,7 +4,6 @@ import streamlit as st
 
 from econlm.app import state
 from econlm.errors import UserError
-from econlm.rag import answer as rag_answer
 from econlm.rag import store
 from econlm.types import CATEGORIES
 
@@ -53,7 +52,7 @@ if question := st.chat_input("Ask a question across these papers"):
         st.text(question)
     with st.chat_message("assistant"):
         try:
-            result = state.stream_rag_answer(rag_answer.stream_answer(question, hits, state.backend()), hits)
+            result = state.stream_rag_answer(question, hits)
         except UserError as exc:
             state.fail(str(exc))
         state.show_answer(result, expanded=False, with_text=False)
