@@ -84,3 +84,17 @@ def test_bench_rag_writes_json_and_plot(small_corpus, tmp_path, home):
     assert [t["measured"] for t in data["targets"]] == [False, False]  # no 100k or 1M size in this run
     assert data["complete"] is True
     assert out.with_suffix(".png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_loading_minilm_draws_no_transformers_bar_and_econlm_keeps_its_own(home, small_corpus):
+    result = run_cli("index", "build", "--corpus", str(small_corpus), "--splits", "test", "--limit", "2", home=home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Loading weights" not in result.stderr and "embedding" in result.stderr, result.stderr
+    from transformers.utils import logging as transformers_logging
+
+    from econlm.rag.embeddings import MiniLMEmbedder
+
+    assert transformers_logging.is_progress_bar_enabled()
+    MiniLMEmbedder()
+    assert transformers_logging.is_progress_bar_enabled()  # muted for that load only

