@@ -179,7 +179,7 @@ class Assistant:
         if self._backend is None:
             model = self._model
             if model is None:
-                from econlm.app.settings import backend_choice
+                from econlm.backends.choice import backend_choice
 
                 model = backend_choice().spec
             self._backend = get_backend(model) if isinstance(model, (str, EngineSpec)) else model
