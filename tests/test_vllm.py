@@ -57,6 +57,8 @@ def test_launch_registers_the_adapter_by_name_with_its_template(tmp_path):
     assert option(argv, "--kv-cache-memory-bytes") == str(CPU_KV_CACHE_BYTES)
     assert "k3y" not in " ".join(argv) and launch.env()["VLLM_API_KEY"] == "k3y"
     assert "k3y" not in repr(launch)
+    assert option(argv, "--middleware") == "econlm_require_key.RequireKey"  # the key on every route, not /v1 only
+    assert (Path(launch.env()["PYTHONPATH"].split(os.pathsep)[0]) / "econlm_require_key.py").is_file()
 
 
 def test_launch_on_a_gpu_leaves_the_choices_to_vllm(tmp_path):
@@ -71,7 +73,43 @@ def test_a_base_model_is_served_under_the_name_without_lora(tmp_path):
     launch = VllmLaunch.for_model(ModelRef.parse(str(tmp_path / "base")), "econlm", "cpu")
     argv = launch.argv(Path("python"))
     assert option(argv, "--served-model-name") == "econlm" and "--enable-lora" not in argv
-    assert "VLLM_API_KEY" not in launch.env()
+    assert "VLLM_API_KEY" not in launch.env() and "--middleware" not in argv
+
+
+# What vLLM's `--middleware` does with a class, in a Python that has only what econlm puts on
+# vLLM's PYTHONPATH to import from: app.add_middleware(CLASS), no arguments.
+GUARD_CHECK = """
+import json, sys
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+from econlm_require_key import RequireKey
+
+async def anything(request):
+    return PlainTextResponse("served")
+
+app = Starlette(routes=[Route("/{path:path}", anything, methods=["GET", "POST"])])
+app.add_middleware(RequireKey)
+client = TestClient(app)
+print(json.dumps({
+    "econlm_modules": sorted(m for m in sys.modules if m == "econlm" or m.startswith("econlm.")),
+    "without_key": {path: client.post(path).status_code for path in ("/invocations", "/tokenize", "/metrics", "/v1/models", "/health")},
+    "wrong_key": client.post("/invocations", headers={"Authorization": "Bearer k3"}).json()["error"]["code"],
+    "with_key": client.post("/invocations", headers={"Authorization": "Bearer k3y"}).status_code,
+}))
+"""
+
+
+def test_the_key_guard_vllm_loads_needs_nothing_of_econlm_and_opens_only_health(tmp_path):
+    launch = VllmLaunch.for_model(ModelRef.parse(str(make_adapter(tmp_path))), "econlm", "cpu", api_key="k3y")
+    done = subprocess.run([sys.executable, "-c", GUARD_CHECK], capture_output=True, text=True, env=launch.env(),
+                          cwd=tmp_path, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads(done.stdout)
+    assert found["econlm_modules"] == []  # vLLM's virtualenv has no econlm
+    assert found["without_key"] == {"/invocations": 401, "/tokenize": 401, "/metrics": 401, "/v1/models": 401, "/health": 200}
+    assert found["wrong_key"] == "invalid_api_key" and found["with_key"] == 200
 
 
 def test_adapter_name_must_differ_from_the_base_name(tmp_path):
@@ -196,6 +234,19 @@ def test_openai_client_lists_chats_and_completes(client, vllm_server):
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=vllm_server, api_key="wrong", max_retries=0).models.list()
     assert httpx.get(f"{vllm_server}/models", timeout=30).status_code == 401
+    root = vllm_server.removesuffix("/v1")
+    chat = {"model": NAME, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    status_without_key = {  # vLLM's own --api-key leaves these open
+        "/invocations": httpx.post(f"{root}/invocations", json=chat, timeout=60).status_code,
+        "/tokenize": httpx.post(f"{root}/tokenize", json={"model": NAME, "prompt": "hi"}, timeout=30).status_code,
+        "/metrics": httpx.get(f"{root}/metrics", timeout=30).status_code,
+        "/version": httpx.get(f"{root}/version", timeout=30).status_code,
+        "/openapi.json": httpx.get(f"{root}/openapi.json", timeout=30).status_code,
+    }
+    assert status_without_key == dict.fromkeys(status_without_key, 401)
+    assert httpx.get(f"{root}/health", timeout=30).status_code == 200
+    keyed = httpx.post(f"{root}/invocations", json=chat, headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+    assert keyed.status_code == 200 and keyed.json()["choices"], keyed.text
 
 
 @pytest.mark.slow

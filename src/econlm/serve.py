@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -414,36 +412,6 @@ class _InternalErrors:
                 await JSONResponse(body, status_code=500)(scope, receive, send)
 
 
-class _RequireKey:
-    """ASGI middleware: every route but /health (left open for probes) needs `Authorization:
-    Bearer KEY`. Keys are compared as SHA-256 digests in constant time, so neither their content
-    nor their length shows in the response time."""
-
-    def __init__(self, app, api_key: str):
-        self.app = app
-        self._digest = hashlib.sha256(api_key.encode()).digest()
-
-    def _refusal(self, header: str | None) -> str | None:
-        if not header:
-            return "no API key: send the header `Authorization: Bearer KEY`"
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(hashlib.sha256(token.strip().encode()).digest(), self._digest):
-            return "incorrect API key"
-        return None
-
-    async def __call__(self, scope, receive, send) -> None:
-        from starlette.datastructures import Headers
-        from starlette.responses import JSONResponse
-
-        if scope["type"] == "http" and scope["path"] != "/health":
-            refusal = self._refusal(Headers(scope=scope).get("authorization"))
-            if refusal is not None:
-                body = error_body(refusal, "invalid_request_error", "invalid_api_key")
-                await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimits = ServerLimits(), api_key: str | None = None):
     """The Starlette app: OpenAI routes, every error as JSON; with `api_key`, only for clients
     that send it."""
@@ -469,7 +437,9 @@ def create_app(backend: Backend, model_name: str = "econlm", limits: ServerLimit
 
     middleware = [Middleware(_InternalErrors)]
     if api_key:
-        middleware.append(Middleware(_RequireKey, api_key=api_key))
+        from econlm.standalone.econlm_require_key import RequireKey  # vLLM's server runs it too
+
+        middleware.append(Middleware(RequireKey, api_key=api_key))
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from econlm.errors import UserError
 from econlm.models import ModelRef
+from econlm.standalone import econlm_require_key
 
 VLLM_PYTHON_VAR = "ECONLM_VLLM_PYTHON"
 INSTALL_HINT = "make install-vllm (or WITH_VLLM=1 scripts/install.sh)"
@@ -43,6 +44,10 @@ LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-ra
 # (2 x 30 layers x 3 KV heads x 64 x 4 bytes per token) and a full 32k context of Qwen2.5-1.5B.
 CPU_KV_CACHE_BYTES = 2 * 2**30
 STOP_GRACE_S = 30.0  # after SIGINT/SIGTERM, how long vLLM may take to shut down before SIGKILL
+# vLLM's --api-key guards /v1 and a few other prefixes only; with a key, econlm's own check runs as
+# its --middleware too, imported from this folder (it needs nothing of econlm's virtualenv).
+REQUIRE_KEY_DIR = Path(econlm_require_key.__file__).parent
+REQUIRE_KEY_MIDDLEWARE = "econlm_require_key.RequireKey"
 
 
 def vllm_python() -> Path:
@@ -165,14 +170,18 @@ class VllmLaunch:
         if self.device == "cpu":
             # No CUDA graphs to capture, and torch.compile takes minutes on a few cores.
             args += ["--enforce-eager", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+        if self.api_key:
+            args += ["--middleware", REQUIRE_KEY_MIDDLEWARE]
         return args
 
     def env(self) -> dict[str, str]:
-        """The child's environment: the key travels here, not on the command line (which `ps` shows)."""
+        """The child's environment: the key travels here, not on the command line (which `ps` shows),
+        and the folder its key middleware is imported from."""
         env = dict(os.environ)
-        env.pop("VLLM_API_KEY", None)
+        env.pop(econlm_require_key.KEY_VARIABLE, None)
         if self.api_key:
-            env["VLLM_API_KEY"] = self.api_key
+            env[econlm_require_key.KEY_VARIABLE] = self.api_key
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REQUIRE_KEY_DIR), env.get("PYTHONPATH"))))
         return env
 
 
