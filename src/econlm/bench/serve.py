@@ -96,10 +96,12 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def stream_requests(base_url: str, conversations: list[list[dict[str, str]]], concurrency: int, max_tokens: int,
-                    api_key: str | None = None) -> tuple[list[dict[str, Any]], float]:
+                    api_key: str | None = None, progress: str | None = None) -> tuple[list[dict[str, Any]], float]:
     """Every conversation once, `concurrency` in flight, streamed; per request its reply, latency,
-    time to first token and failure (None when it came back). Returns (records, wall seconds)."""
+    time to first token and failure (None when it came back). Returns (records, wall seconds).
+    With `progress`, a bar of that name counts finished requests (requests/s, ETA) on stderr."""
     import httpx
+    from tqdm.auto import tqdm
 
     async def run() -> tuple[list[dict[str, Any]], float]:
         gate = asyncio.Semaphore(concurrency)
@@ -132,6 +134,7 @@ def stream_requests(base_url: str, conversations: list[list[dict[str, str]]], co
                     except (httpx.HTTPError, json.JSONDecodeError) as exc:
                         failure = type(exc).__name__
                     done = time.perf_counter()
+                    bar.update()
                     return {"reply": "".join(pieces), "latency_s": done - started,
                             "ttft_s": (first - started) if first is not None else None, "failure": failure}
 
@@ -139,7 +142,8 @@ def stream_requests(base_url: str, conversations: list[list[dict[str, str]]], co
             records = await asyncio.gather(*(one(c) for c in conversations))
             return list(records), time.perf_counter() - started
 
-    return asyncio.run(run())
+    with tqdm(total=len(conversations), desc=progress, unit="req", disable=progress is None) as bar:
+        return asyncio.run(run())
 
 
 def _quantile(values: list[float], q: int) -> float | None:
@@ -220,7 +224,7 @@ def run_serve_bench(
             # Warm-up, not counted: vLLM's first step at each batch size is slow (kernels set up per shape).
             stream_requests(server.base_url, conversations[:max(concurrency)], max(concurrency), max_tokens)
             for c in concurrency:
-                records, wall = stream_requests(server.base_url, conversations, c, max_tokens)
+                records, wall = stream_requests(server.base_url, conversations, c, max_tokens, progress=f"{engine} c={c}")
                 if engine == REFERENCE_ENGINE and reference is None:
                     reference = [r["reply"] for r in records]
                 rows[f"c{c}"] = summarize(records, wall, count_tokens, reference)
