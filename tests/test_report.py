@@ -232,3 +232,21 @@ def test_table3_shows_the_minilm_cosine_beside_rouge(tmp_path):
     assert "not BERTScore" in t3
     saved = json.loads((out / "results.json").read_text())["table3"]
     assert sorted(row["minilm_cosine"] for row in saved if row["minilm_cosine"] is not None) == [0.81234]
+
+
+def test_a_packaged_model_through_llama_cpp_is_a_baseline_row_not_an_export(run_dirs):
+    """llama.cpp running a packaged base model's own GGUF gives Table 1 and 2 rows (labelled with the
+    engine); only other GGUF files (exports) go to the export-parity section."""
+    root, _, _ = run_dirs
+    packaged = {"backend": "llamacpp:qwen2.5-coder-0.5b-instruct", "ref": "qwen2.5-coder-0.5b-instruct", "kind": "packaged",
+                "name": "qwen2.5-coder-0.5b-instruct", "hash": None, "source_sha256": "e" * 64, "base": None,
+                "exported_from_hash": None}
+    few = {**model_provenance("packaged", "few-shot"), "model": packaged, "few_shot_examples": ["1", "2", "3"]}
+    write_classify_run(root / "qwen-few-classify", ["econ.EM", "econ.GN", "econ.GN", "econ.GN", "econ.TH"], few)
+    write_classify_run(root / "qwen-zero-classify", ["econ.EM"] * 5, {**model_provenance("packaged"), "model": packaged})
+    text = report.write_report([root / "tuned-classify", root / "qwen-few-classify", root / "qwen-zero-classify"],
+                               root / "report").read_text()
+    t2 = text.split("## Table 2")[1].split("## The study's earlier conference abstract")[0]
+    assert t2.index("GPT-4 (few-shot) | study") < t2.index("qwen2.5-coder-0.5b-instruct (3-shot, llama.cpp) | ours | 0.8000")
+    assert "| qwen2.5-coder-0.5b-instruct (base, zero-shot, llama.cpp) | ours | 0.4000 |" in t2
+    assert "Exported model" not in text

@@ -153,11 +153,12 @@ def _describe(run: Run) -> None:
         run.study_row = BASELINE_STUDY_ROW.get(prov["baseline"])
         return
     model = ModelIdentity.of(prov.get("model", {}))
-    if model.engine == "llamacpp":
+    if model.engine == "llamacpp" and model.kind != "packaged":  # a packaged base model's own GGUF is a baseline row
         run.role = "exported"
         run.label = f"{Path(model.ref).name} (llama.cpp)"
         return
     base_name = model.base_name
+    engine = ", llama.cpp" if model.engine == "llamacpp" else ""  # beside a transformers run of the same model
     if prov.get("prompting") == "stacked":
         run.role = "classifier"
         run.label = f"econlm classifier: {base_name} + LoRA log-probs + TF-IDF LR/XGBoost (stacked)"
@@ -168,14 +169,14 @@ def _describe(run: Run) -> None:
         run.study_row = "LLaMA-2-Econ (fine-tuned 7B)" if run.task == "title" else "LLaMA-2-Econ"
     elif prov.get("prompting") == "one-shot":
         run.role = "one-shot"
-        run.label = f"{base_name} (one-shot)"
+        run.label = f"{base_name} (one-shot{engine})"
     elif prov.get("prompting") == "few-shot":
         run.role = "few-shot"
-        run.label = f"{base_name} ({len(prov['few_shot_examples'])}-shot)"
+        run.label = f"{base_name} ({len(prov['few_shot_examples'])}-shot{engine})"
         run.study_row = None if run.task == "title" else "GPT-4 (few-shot)"
     else:
         run.role = "base"
-        run.label = f"{base_name} (base, zero-shot)"
+        run.label = f"{base_name} (base, zero-shot{engine})"
 
 
 def collect_runs(run_dirs: list[str | Path]) -> list[Run]:
