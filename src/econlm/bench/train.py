@@ -1,16 +1,18 @@
 """`econlm bench train`: LoRA training throughput of econlm's trainer against two transformers
-`Trainer` set-ups, on the same model (SmolLM2-135M), examples, step count and CPU.
+`Trainer` set-ups, on the same model, examples, step count and CPU. The model and econlm's
+settings are a training preset's (`cpu-smollm2-lora`, SmolLM2-135M, by default; the Qwen preset's
+classify-then-title sequences are then every contender's examples).
 
 Contenders (each in a fresh process, one after another, so peak RSS is per contender):
   A  Trainer + peft LoRA, fp32, every example padded to 512 tokens (the common QLoRA-notebook set-up)
   B  Trainer + peft LoRA, fp32, dynamic padding to the longest example in the batch
-  econlm  `econlm.training.train` with the `cpu-smollm2-lora` defaults, on jemalloc (econlm.allocator)
+  econlm  `econlm.training.train` with the preset's settings, on jemalloc (econlm.allocator)
   econlm on glibc malloc  the same trainer on the system allocator: what jemalloc buys, which
           grows with the number of steps (glibc's heap fragments as shapes change; try --steps 64)
 A and B run on the system allocator, as a plain `python` process does; comparing them with the
 glibc contender separates what the trainer buys from what the allocator buys.
 All three get the same tokenized examples (chat template, answer-only labels), the same LoRA
-(r, alpha, dropout, all linear layers), learning-rate schedule, seed and 16 examples per step.
+(r, alpha, dropout, all linear layers), learning-rate schedule, seed and examples per step.
 Throughput counts real (non-padding) tokens per second of optimizer steps; the final losses are the
 mean training loss of the last steps and one fp32 validation loss computed by the same function
 for every contender.
@@ -32,13 +34,14 @@ from econlm.errors import UserError
 
 PAD_TO = 512
 VAL_PER_TASK = 16
-MICRO_BATCH = 4  # Trainer's per-device batch; x4 accumulation = 16 examples per step like econlm
+MICRO_BATCH = 4  # Trainer's per-device batch, accumulated to the preset's examples per step like econlm
+DEFAULT_PRESET = "cpu-smollm2-lora"
 
 
-def _config(corpus: Path, examples: int, steps: int):
+def _config(preset: str, corpus: Path, examples: int, steps: int):
     from econlm.config import load_config
 
-    return load_config("cpu-smollm2-lora", [
+    return load_config(preset, [
         f"data.corpus={corpus}", "data.tasks={title: 1, classify: 1}", f"train.max_steps={steps}", f"data.max_train_examples_per_task={examples // 2}",
         f"data.val_examples_per_task={VAL_PER_TASK}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
     ])
@@ -160,9 +163,9 @@ def _run_econlm(config) -> dict[str, Any]:
     }
 
 
-def _contender(name: str, corpus: str, examples: int, steps: int) -> dict[str, Any]:
+def _contender(name: str, preset: str, corpus: str, examples: int, steps: int) -> dict[str, Any]:
     """Runs in a fresh process (spawned), so its peak RSS is its own."""
-    config = _config(Path(corpus), examples, steps)
+    config = _config(preset, Path(corpus), examples, steps)
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     if name.startswith("econlm"):
@@ -222,9 +225,9 @@ def _ratios(results: dict[str, dict]) -> dict[str, float]:
 
 
 def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Path("bench/results"),
-              contenders: tuple[str, ...] | None = None) -> tuple[Path, dict]:
+              contenders: tuple[str, ...] | None = None, preset: str = DEFAULT_PRESET) -> tuple[Path, dict]:
     """Run the chosen contenders (keys of CONTENDERS; default: all this machine can run) one after
-    another; write and return the result JSON."""
+    another on `preset`'s model and settings; write and return the result JSON."""
     from tqdm.auto import tqdm
 
     jemalloc = jemalloc_library()  # looked up once: each lookup runs ldconfig
@@ -237,16 +240,16 @@ def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Pa
     if "glibc" in contenders and not jemalloc:
         raise UserError("the glibc-malloc contender is compared with jemalloc, which this machine lacks "
                         "(apt-get install libjemalloc2), or leave it out of --contenders")
+    config = _config(preset, corpus, examples, steps)  # a bad preset fails here, before any contender starts
     context = multiprocessing.get_context("spawn")
     results = {}
     for key in tqdm(contenders, desc="bench train", unit="contender"):
         name = CONTENDERS[key]
         with _allocator(name, jemalloc), context.Pool(1) as pool:
-            results[name] = pool.apply(_contender, (name, str(corpus), examples, steps))
+            results[name] = pool.apply(_contender, (name, preset, str(corpus), examples, steps))
     ratios = _ratios(results)
-    config = _config(corpus, examples, steps)
     result = {
-        "setup": {"model": config.model.base, "examples": examples, "steps": steps,
+        "setup": {"preset": preset, "model": config.model.base, "examples": examples, "steps": steps,
                   "examples_per_step": config.train.batch_size, "lora": config.lora.model_dump(),
                   "econlm_config": config.model_dump(mode="json"), "val_examples_per_task": VAL_PER_TASK,
                   "baseline_micro_batch": MICRO_BATCH, "pad_to": PAD_TO,

@@ -68,15 +68,18 @@ def merge(run_dir, out: Path) -> None:
 
 @bench.command("train")
 @corpus_option
-@click.option("--examples", default=256, show_default=True, help="Training examples (half title, half classify).")
+@click.option("--examples", default=256, show_default=True,
+              help="Training examples (half title, half classify; a classify-then-title preset has each pair in one sequence).")
 @click.option("--steps", default=16, show_default=True, help="Optimizer steps for every contender.")
+@click.option("--preset", default="cpu-smollm2-lora", show_default=True,
+              help="Training preset whose model and settings every contender uses, e.g. cpu-qwen2.5-0.5b-lora.")
 @click.option("--contenders", default=None,
               help="Comma-separated: A, B, econlm, glibc (econlm's trainer on glibc's malloc). "
                    "Default: all four, without glibc where jemalloc is not installed.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="Result JSON file, or a directory for train-<timestamp>.json.")
-def bench_train(corpus: Path | None, examples: int, steps: int, contenders: str | None, out: Path) -> None:
-    """SmolLM2-135M LoRA training: transformers Trainer baselines vs econlm's trainer.
+def bench_train(corpus: Path | None, examples: int, steps: int, preset: str, contenders: str | None, out: Path) -> None:
+    """LoRA training of a preset's model: transformers Trainer baselines vs econlm's trainer.
 
     Reads the corpus; runs, one after another in fresh processes on the same CPU, (A) Trainer +
     peft, fp32, every example padded to 512; (B) Trainer + peft, fp32, dynamic padding;
@@ -87,7 +90,8 @@ def bench_train(corpus: Path | None, examples: int, steps: int, contenders: str 
     from econlm.cli._base import resolve_corpus
 
     chosen = tuple(c.strip() for c in contenders.split(",") if c.strip()) if contenders else None
-    path, result = run_bench(resolve_corpus(corpus), examples=examples, steps=steps, out=out, contenders=chosen)
+    path, result = run_bench(resolve_corpus(corpus), examples=examples, steps=steps, out=out, contenders=chosen,
+                             preset=preset)
     for name, row in result["contenders"].items():
         click.echo(f"{name:28s} {row['tokens_per_s']:7.1f} tok/s  {row['tokens_per_cpu_s']:6.1f} tok/cpu-s  "
                    f"{row['seconds_per_step']:6.2f} s/step  "
