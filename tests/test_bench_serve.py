@@ -33,6 +33,16 @@ def test_tiny_engines_side_by_side(home, small_corpus, tmp_path):
     assert plot(result, tmp_path / "serve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_servers_that_require_the_key_get_it(home, small_corpus, tmp_path, monkeypatch):
+    """With $ECONLM_API_KEY exported, the servers the bench starts require it: its requests send it."""
+    monkeypatch.setenv("ECONLM_API_KEY", "bench-key")
+    model = ModelRef.parse(str(tiny_model_dir(tmp_path)))
+    result = run_serve_bench(model, small_corpus, n_prompts=2, concurrency=(1,), max_tokens=2,
+                             engines=("transformers",), log_dir=tmp_path / "logs")
+    row = result["engines"]["transformers"]["c1"]
+    assert (row["ok"], row["lost"], row["failures"]) == (2, 0, {})
+
+
 def test_lost_requests_and_disagreement_are_counted():
     records = [{"reply": "A title\nmore", "latency_s": 2.0, "ttft_s": 0.5, "failure": None},
                {"reply": "", "latency_s": 1.0, "ttft_s": None, "failure": "HTTP 503"},

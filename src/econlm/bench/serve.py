@@ -213,6 +213,7 @@ def run_serve_bench(
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     log_dir = log_dir or econlm_home() / "bench-serve-logs"
+    api_key = os.environ.get("ECONLM_API_KEY")  # the servers started below require it when it is set
     load_at_start = os.getloadavg()
     reference: list[str] | None = None
     results: dict[str, Any] = {}
@@ -222,9 +223,10 @@ def run_serve_bench(
         with EngineServer(command, port, log_dir / f"{engine}.log") as server:
             rows: dict[str, Any] = {"command": " ".join(command[1:]), "startup_s": round(server.startup_s, 1)}
             # Warm-up, not counted: vLLM's first step at each batch size is slow (kernels set up per shape).
-            stream_requests(server.base_url, conversations[:max(concurrency)], max(concurrency), max_tokens)
+            stream_requests(server.base_url, conversations[:max(concurrency)], max(concurrency), max_tokens, api_key)
             for c in concurrency:
-                records, wall = stream_requests(server.base_url, conversations, c, max_tokens, progress=f"{engine} c={c}")
+                records, wall = stream_requests(server.base_url, conversations, c, max_tokens, api_key,
+                                                progress=f"{engine} c={c}")
                 if engine == REFERENCE_ENGINE and reference is None:
                     reference = [r["reply"] for r in records]
                 rows[f"c{c}"] = summarize(records, wall, count_tokens, reference)
