@@ -134,7 +134,7 @@ def synthetic_chunks(n: int, words: Sequence[str], seed: int = 0, block: int = 1
 
 
 def hybrid_search(flat, hnsw, queries: np.ndarray, words: Sequence[str], seed: int = 0) -> dict:
-    """Full `HybridRetriever.search` (dense + BM25 + RRF + relevance filter) over HNSW and over Flat.
+    """Full `HybridRetriever.search` (dense + BM25 + fusion + relevance filter) over HNSW and over Flat.
 
     Chunk and query texts are words drawn from `words`, the content words of real abstracts in
     their running order, so each word comes up as often as it does in economics text. Recall@10
@@ -336,7 +336,7 @@ def plot(result: dict, path: str | Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(sizes, [r["flat"]["p95_ms"] for r in result["sizes"]], "o-k", label="Flat (exact)")
     ax.plot(sizes, [r["hybrid"]["flat"]["p95_ms"] for r in result["sizes"]], "s--", color="grey",
-            label="hybrid search over Flat (dense + BM25 + RRF)")
+            label="hybrid search over Flat (dense + BM25 fused)")
     ef = result["sizes"][-1]["hybrid"]["hnsw"]["efSearch"]
     ax.plot(sizes, [r["hybrid"]["hnsw"]["p95_ms"] for r in result["sizes"]], "s-", color="black",
             label=f"hybrid search over HNSW efSearch={ef} (recall@10 {result['sizes'][-1]['hybrid']['hnsw']['recall_at_10']:.3f} at {sizes[-1]:,})")
