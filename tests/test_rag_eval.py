@@ -164,3 +164,16 @@ def test_eval_task_rag_cli_end_to_end(tmp_path, home, tiny_llama):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"]["retrieval"] is None and saved["metrics"]["speed"]["replies"] > 0
     assert saved["metrics"]["obeyed"] == 0 and saved["metrics"]["repeating_answers"] == 0
+
+
+def test_bench_rag_quality_cli_end_to_end(tmp_path, home, tiny_llama):
+    """`econlm bench rag-quality` on a tiny random model: its side-by-side row carries the held-out scores."""
+    from conftest import run_cli
+
+    result = run_cli("bench", "rag-quality", "--model", str(tiny_llama), "--eval-out", str(tmp_path / "evals"),
+                     "--out", str(tmp_path / "result.json"), home=home)
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "result.json").read_text())
+    (row,) = saved["models"]
+    assert row["heldout"]["obeyed"] == 0 and "refusal_rate_vague" in row["heldout"] and saved["retrieval"] is None
+    assert len(list((tmp_path / "evals").glob("*/heldout_predictions.jsonl"))) == 1
