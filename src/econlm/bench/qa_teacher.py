@@ -216,7 +216,9 @@ def run_qa_teacher_bench(
         raise UserError(f"--teacher: the same teacher twice ({', '.join(labels)})")
     work_dir = result_path.with_suffix("")
     log_dir = work_dir / "logs"
-    header: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(),
+    # OpenMP settings the servers inherit: llama.cpp's ggml runs as many threads as OpenMP lets it.
+    thread_env = {k: os.environ[k] for k in ("OMP_THREAD_LIMIT", "OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}
+    header: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "thread_environment": thread_env,
                               "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "servers": {}}
     with contextlib.ExitStack() as stack:
         endpoints = {}
