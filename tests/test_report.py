@@ -107,6 +107,50 @@ def test_targets_are_checked_against_the_fine_tuned_run(run_dirs):
     assert checks[("econlm (fine-tuned)", "accuracy", True)]["status"] == "pending"  # no base classify run given
 
 
+QWEN = {"ref": "qwen2.5-coder-0.5b-instruct", "kind": "packaged", "name": "qwen2.5-coder-0.5b-instruct", "hash": "f" * 64,
+        "source_sha256": "e" * 64, "base": None}
+
+
+def write_model_title_run(folder, predictions, model: dict):
+    result = title_report(predictions, REFERENCES, {**model_provenance("packaged"), "model": model})
+    atomic_write_json(folder / "metrics.json", result.model_dump(mode="json"))
+    return result
+
+
+def test_each_fine_tuned_model_beats_the_base_it_was_trained_from(run_dirs):
+    """Two bases in Table 1 (SmolLM2, listed first, and Qwen2.5): the Qwen adapter is held to the Qwen
+    base (by content hash; by name for a llama.cpp run, which records no hash; the run on its own
+    engine first), the SmolLM2 adapter to SmolLM2's."""
+    root, smol_tuned, smol_base = run_dirs
+    qwen_tuned = write_model_title_run(root / "qwen-tuned", ["Demand estimation", "Inflation and wages"], {
+        "backend": "transformers:qwen-econlm", "ref": "qwen-econlm", "kind": "adapter", "name": "qwen-econlm",
+        "hash": "9" * 64, "source_sha256": None, "base": QWEN})
+    qwen_base = write_model_title_run(root / "qwen-base", REFERENCES, {"backend": "transformers:qwen2.5-coder-0.5b-instruct", **QWEN})
+    qwen_llamacpp = write_model_title_run(root / "qwen-base-llamacpp", ["Markets", "Inflation"], {
+        "backend": "llamacpp:qwen2.5-coder-0.5b-instruct", **QWEN, "hash": None, "exported_from_hash": None})
+    assert smol_base.metrics["rouge1_f"] < qwen_tuned.metrics["rouge1_f"] < qwen_base.metrics["rouge1_f"]
+
+    def beats_base(dirs: list[str]) -> dict[str, dict]:
+        runs = report.collect_runs([root / d for d in dirs])
+        return {c["model"]: c for c in report.target_checks(runs) if c["target"].startswith("rouge1_f beats")}
+
+    qwen_label, smol_label = "econlm: qwen2.5-coder-0.5b-instruct + LoRA (qwen-econlm)", "econlm: smollm2-135m-instruct + LoRA (econlm)"
+    checks = beats_base(["base-title", "tuned-title", "qwen-base-llamacpp", "qwen-tuned", "qwen-base"])
+    assert checks[qwen_label]["target"] == f"rouge1_f beats its base model qwen2.5-coder-0.5b-instruct ({qwen_base.metrics['rouge1_f']:.3f})"
+    assert checks[qwen_label]["status"] == "missed"
+    assert checks[qwen_label]["gap"] == pytest.approx(qwen_tuned.metrics["rouge1_f"] - qwen_base.metrics["rouge1_f"], abs=1e-4)
+    assert checks[smol_label]["status"] == "met"
+    assert checks[smol_label]["gap"] == pytest.approx(smol_tuned.metrics["rouge1_f"] - smol_base.metrics["rouge1_f"], abs=1e-4)
+    # Without the transformers run of the Qwen base, its llama.cpp run (matched by name) is the bar.
+    checks = beats_base(["base-title", "qwen-base-llamacpp", "qwen-tuned"])
+    assert checks["econlm (fine-tuned)"]["status"] == "met"
+    assert checks["econlm (fine-tuned)"]["gap"] == pytest.approx(qwen_tuned.metrics["rouge1_f"] - qwen_llamacpp.metrics["rouge1_f"], abs=1e-4)
+    # Another model's base is never its base: with only SmolLM2's, the Qwen adapter's check is pending.
+    checks = beats_base(["base-title", "qwen-tuned"])
+    assert checks["econlm (fine-tuned)"]["status"] == "pending"
+    assert checks["econlm (fine-tuned)"]["target"] == "rouge1_f beats its base model qwen2.5-coder-0.5b-instruct (no run)"
+
+
 def test_classifier_row_targets_and_paired_bootstrap(run_dirs):
     root, _, _ = run_dirs
     for name, predicted in {"xgboost": ["econ.EM", "econ.EM", "econ.GN", "econ.GN", "econ.EM"]}.items():
