@@ -61,6 +61,12 @@ Q: What happens to output when Sweden raises carbon taxes?
 A: Output collapses because firms relocate abroad to Norway and Finland.
 Q: How do carbon taxes affect manufacturing emissions in Sweden?
 A: Emissions fall by 8 percent.
+Q: Carbon taxes and manufacturing emissions in Swedish plants
+A: Emissions fall by 8 percent after the tax increase.
+Q: What do the results show about carbon taxes in Sweden?
+A: Emissions fall by 8 percent while output is unchanged.
+Q: How do carbon taxes affect emissions of Swedish manufacturing plants?
+A: Carbon taxes affect the emissions of manufacturing plants.
 Q: What do plant-level data show about carbon taxes and emissions in Sweden?
 A: """ + " ".join(["Emissions fall by 8 percent after the tax increase while output is unchanged."] * 6)
 
@@ -221,10 +227,11 @@ def test_every_filter_is_counted_and_transient_errors_are_retried(teacher_server
     # Carbon: one of each filter (its repeated question is a duplicate); Auctions: 5 good pairs,
     # the fifth over the limit of 4; Sweden's only question repeats Carbon's (whichever came first
     # keeps it); Remittances and Lending: 2 each after the 429 and the timeout.
-    for name in ("too_short", "too_long", "not_self_contained", "off_topic", "unsupported", "over_limit"):
+    for name in ("too_short", "too_long", "not_a_question", "not_self_contained", "vague_referent", "off_topic",
+                 "unsupported", "restates_question", "over_limit"):
         assert totals[name] == 1, name
     assert totals["duplicate"] == 2
-    assert totals["candidates"] == 7 + 1 + 5 + 2 + 2
+    assert totals["candidates"] == 10 + 1 + 5 + 2 + 2
     assert totals["kept"] == 1 + 4 + 2 + 2
 
     pairs = read_pairs(out)
@@ -325,7 +332,7 @@ def test_local_teacher_runs_in_process_batches(tiny_llama, tmp_path):
     assert summary["teachers"] == {f"transformers:{tiny_llama}": 6}
 
 
-def test_deprecated_teacher_spelling_still_works_with_a_warning(tiny_llama, tmp_path):
+def test_teacher_option_and_the_deprecated_local_spelling(tiny_llama, tmp_path):
     corpus = make_corpus(tmp_path / "corpus")
     proc = subprocess.run(
         [sys.executable, "-m", "econlm.cli", "qa", "synthesize", "--split", "test", "--teacher", f"local:{tiny_llama}",
@@ -337,8 +344,6 @@ def test_deprecated_teacher_spelling_still_works_with_a_warning(tiny_llama, tmp_
     assert warnings == [
         f"econlm: warning: 'local:{tiny_llama}' is deprecated and will be removed in the next release; "
         f"use 'transformers:{tiny_llama}'",
-        f"econlm: warning: --teacher is deprecated and will be removed in the next release; "
-        f"use --model transformers:{tiny_llama}",
     ]
     assert read_progress(sidecar_paths(tmp_path / "qa.jsonl")[0])[0]["teacher"] == f"transformers:{tiny_llama}"
 
@@ -414,3 +419,20 @@ def test_dialogue_turns_are_kept_or_dropped_with_their_pair():
     assert [m.role for m in review.kept[0].turns] == ["user", "assistant"]
     assert review.kept[0].turns[1].content == "Output is unchanged after the tax increase."
     assert review.kept[1].turns == []
+
+
+def test_closed_book_questions_must_name_what_they_ask_about():
+    paper = Paper(arxiv_id="2101.00001", title="T", abstract=ABSTRACTS["2101.00001"], primary_category="econ.GN")
+    cases = {
+        "How does the method of moments estimate carbon tax effects in Sweden?": None,
+        "How does the Swedish carbon tax model affect manufacturing emissions?": None,
+        "How accurate is the model for carbon taxes in Sweden?": "vague_referent",
+        "How does the proposed estimator measure carbon tax effects in Sweden?": "vague_referent",
+        "What do these plant-level data show about carbon taxes in Sweden?": "vague_referent",
+        "What do the data's plants show about carbon taxes in Sweden?": "vague_referent",
+        "Carbon taxes cut manufacturing emissions in Sweden.": "not_a_question",
+    }
+    for question, reason in cases.items():
+        review = review_reply(paper, f"Q: {question}\nA: Emissions fall by 8 percent after the tax increase.",
+                              Filters(), set(), "test", TEACHER, "p@2")
+        assert [r["reason"] for r in review.rejected] == ([reason] if reason else []), question

@@ -54,7 +54,7 @@ def test_teachers_take_turns_and_each_gets_its_own_counts(two_teachers, tmp_path
     good, bad = result["teachers"]["llamacpp:strong"], result["teachers"]["llamacpp:weak"]
     # The strong teacher's counts are those of test_qa_synthesize's scripted run; the weak one
     # wrote pairs only for the auction paper (4 kept, the fifth over the limit).
-    assert good["counts"]["candidates"] == 17 and good["counts"]["kept"] == 9 and good["counts"]["unparsable"] == 1
+    assert good["counts"]["candidates"] == 20 and good["counts"]["kept"] == 9 and good["counts"]["unparsable"] == 1
     assert bad["counts"] == {**dict.fromkeys(bad["counts"], 0), "unparsable": 5, "candidates": 5, "kept": 4, "over_limit": 1}
     assert bad["kept_per_candidate"] == pytest.approx(0.8) and bad["share_of_candidates"]["over_limit"] == pytest.approx(0.2)
     assert good["papers_with_pairs"] == 4 and bad["papers_with_pairs"] == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve_corpus, warn_deprecated
+from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve_corpus
 
 
 @main.group()
@@ -18,12 +18,10 @@ def qa() -> None:
 @qa.command()
 @corpus_option
 @click.option("--split", required=True, help="Corpus split whose abstracts to use: train, validation or test.")
-@click.option("--model", "spec", type=ModelSpecParam(), default=None,
+@click.option("--teacher", "--model", "spec", type=ModelSpecParam(), default=None,
               help="The teacher, ENGINE:MODEL: openai:NAME (OpenAI-compatible endpoint at $OPENAI_BASE_URL, key "
                    "$OPENAI_API_KEY: OpenAI, vLLM, llama.cpp server, Ollama), transformers:MODEL (in-process; a bare "
                    "MODEL works) or llamacpp:FILE.gguf.")
-@click.option("--teacher", "teacher_spec", type=ModelSpecParam(), default=None, hidden=True,
-              help="Deprecated: use --model SPEC.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Q&A JSONL to append to (one QAPair per line); sidecars <stem>.progress.jsonl and <stem>.summary.json.")
 @click.option("--limit", type=int, default=None, help="Only the first N papers of a seeded shuffle of the split.")
@@ -41,7 +39,7 @@ def qa() -> None:
               help="Drop answers whose content words are found in the abstract less often than this.")
 @click.option("--min-question-support", default=0.5, show_default=True,
               help="Drop questions whose content words are found in the abstract less often than this.")
-def synthesize(corpus, split, spec, teacher_spec, out, limit, seed, concurrency, n_pairs, dialogue, max_new_tokens, temperature,
+def synthesize(corpus, split, spec, out, limit, seed, concurrency, n_pairs, dialogue, max_new_tokens, temperature,
                top_p, timeout, retries, min_answer_support, min_question_support) -> None:
     """Write 2-4 question-answer pairs per abstract with a teacher LLM, filtered and resumable.
 
@@ -53,13 +51,8 @@ def synthesize(corpus, split, spec, teacher_spec, out, limit, seed, concurrency,
     from econlm.qa.synthesize import Filters
     from econlm.qa.synthesize import synthesize as run_synthesis
 
-    if teacher_spec is not None:
-        if spec is not None:
-            raise click.UsageError("give the teacher once: --model SPEC (--teacher is its deprecated spelling)")
-        warn_deprecated("--teacher", f"--model {teacher_spec}")
-        spec = teacher_spec
     if spec is None:
-        raise click.UsageError("give the teacher model: --model openai:NAME, transformers:MODEL or llamacpp:FILE.gguf")
+        raise click.UsageError("give the teacher: --teacher openai:NAME, transformers:MODEL or llamacpp:FILE.gguf")
     filters = Filters(min_answer_support=min_answer_support, min_question_support=min_question_support)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     summary = run_synthesis(

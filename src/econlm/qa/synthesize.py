@@ -15,10 +15,15 @@ Filters, applied in this order; a pair is counted under the first one it fails (
 the thresholds). "Support" is the share of a text's distinct content words (stop words removed,
 Porter-stemmed) that occur in the abstract: a lexical check that catches invented facts and
 copies of the prompt's worked examples.
-    too_short / too_long  question 4-40 words, answer 3-60 words
+    too_short / too_long  question 4-40 words, answer 3-60 words with at least 2 content words
+    not_a_question        the question does not end with "?" (a sentence copied from the abstract)
     not_self_contained    the question points at a text the reader never sees ("this paper", "we")
+    vague_referent        the question leans on the abstract's own referents ("the model", "the
+                          proposed method", "these results"): closed-book, it has no answer
     off_topic             question support below 0.5
     unsupported           answer support below 0.6
+    restates_question     under 15% of the answer's content words are new to the question
+                          ("How does X provide Y?" / "It provides Y.")
     duplicate             normalised question already kept, for this paper or any earlier one
     over_limit            beyond the first 4 kept pairs of a paper
 A reply without one complete Q/A pair counts as unparsable. Follow-up turns (--dialogue) pass the
@@ -130,18 +135,34 @@ class Filters:
     min_question_words: int = 4
     max_question_words: int = 40
     min_answer_words: int = 3
+    min_answer_content_words: int = 2
     max_answer_words: int = 60
     min_question_support: float = 0.5
     min_answer_support: float = 0.6
+    min_answer_novelty: float = 0.15
     max_pairs: int = 4
 
 
-FILTER_NAMES = ("too_short", "too_long", "not_self_contained", "off_topic", "unsupported", "duplicate", "over_limit")
+FILTER_NAMES = ("too_short", "too_long", "not_a_question", "not_self_contained", "vague_referent", "off_topic",
+                "unsupported", "restates_question", "duplicate", "over_limit")
 
 # A closed-book question cannot point at a text the reader never sees.
 _CONTEXT_RE = re.compile(
     r"\b(?:this|the|that|these) (?:paper|study|article|abstract|research|work|text|author|authors|note)s?\b"
     r"|(?-i:\b(?:[Ww]e|[Oo]ur|us)\b)",  # "us" but not "US"
+    re.IGNORECASE,
+)
+# The abstract's own referents: a generic noun right after "the" ("the model", "the results";
+# "the method of moments" is a name, so "of" after it is allowed), a demonstrative ("these
+# networks"), or the words that introduce an abstract's contribution ("the proposed estimator",
+# "the new test"). A named thing ("the Sieve-SMM estimator", "the Solow model") passes.
+_VAGUE_REFERENT_RE = re.compile(
+    r"\bthe (?:model|method|methodology|approach|framework|estimator|algorithm|procedure|mechanism|"
+    r"results?|findings?|data|dataset|sample|analysis|experiments?|simulations?|tests?|survey|literature|"
+    r"proposal|technique|strategy|scheme|setting|system|tool|application|index|measure|indicator)"
+    r"(?:'s)?\b(?! of\b)"
+    r"|\b(?:this|these|those)\b"
+    r"|\b(?:proposed|presented|introduced|novel)\b|\bthe new\b",
     re.IGNORECASE,
 )
 
@@ -182,20 +203,29 @@ def normalize_question(question: str) -> str:
     return " ".join(tokenize(question, None))
 
 
-def _problem(question: str, answer: str, abstract_stems: set[str], filters: Filters) -> tuple[str | None, float]:
-    """The first filter (short, long, self-contained, on topic, supported) a pair fails, and its answer support."""
+def _problem(question: str, answer: str, abstract_stems: set[str], filters: Filters,
+             followup: bool = False) -> tuple[str | None, float]:
+    """The first filter a pair fails, and its answer support. A follow-up question may refer back
+    to the conversation ("this estimate"), so it skips the vague-referent check."""
     q, a = len(question.split()), len(answer.split())
+    answer_stems = content_stems(answer)
     support = support_score(answer, abstract_stems)
-    if q < filters.min_question_words or a < filters.min_answer_words:
+    if q < filters.min_question_words or a < filters.min_answer_words or len(answer_stems) < filters.min_answer_content_words:
         return "too_short", support
     if q > filters.max_question_words or a > filters.max_answer_words:
         return "too_long", support
+    if not question.endswith("?"):
+        return "not_a_question", support
     if _CONTEXT_RE.search(question):
         return "not_self_contained", support
+    if not followup and _VAGUE_REFERENT_RE.search(question):
+        return "vague_referent", support
     if support_score(question, abstract_stems) < filters.min_question_support:
         return "off_topic", support
     if support < filters.min_answer_support:
         return "unsupported", support
+    if len(answer_stems - content_stems(question)) / len(answer_stems) < filters.min_answer_novelty:
+        return "restates_question", support
     return None, support
 
 
@@ -236,7 +266,7 @@ def review_reply(
             continue
         turns: list[Message] = []
         for question, answer in pair.followups:
-            if _problem(question, answer, abstract_stems, filters)[0]:
+            if _problem(question, answer, abstract_stems, filters, followup=True)[0]:
                 counts["turns_dropped"] += 1
                 turns = []
                 break
@@ -511,11 +541,16 @@ def summarize(store: ResumableStore, filters: Filters, decoding: Decoding, promp
         "filters": asdict(filters),
         "filter_definitions": {
             "unparsable": "reply without one complete 'Q: ... / A: ...' pair",
-            "too_short": f"question < {filters.min_question_words} or answer < {filters.min_answer_words} words",
+            "too_short": f"question < {filters.min_question_words} or answer < {filters.min_answer_words} words "
+                         f"or < {filters.min_answer_content_words} content words",
             "too_long": f"question > {filters.max_question_words} or answer > {filters.max_answer_words} words",
+            "not_a_question": "question does not end with '?'",
             "not_self_contained": "question points at an unseen text ('this paper', 'the authors', 'we', ...)",
+            "vague_referent": "question leans on the abstract's referents ('the model', 'the proposed ...', "
+                              "'these results', ...)",
             "off_topic": f"question support < {filters.min_question_support}",
             "unsupported": f"answer support < {filters.min_answer_support}",
+            "restates_question": f"share of the answer's content stems not in the question < {filters.min_answer_novelty}",
             "support": "share of the text's distinct content stems (sklearn English stop words removed, "
                        "Porter stemmer, rouge-score tokenizer) that occur in the abstract",
             "duplicate": "normalised question (lower case, alphanumeric tokens) already kept for any paper",
