@@ -1,7 +1,10 @@
 """LlamaCppBackend on the tiny exported model: the same prompts, greedy replies and option scores
-as TransformersBackend on the model it was exported from; streaming, sampling and limits."""
+as TransformersBackend on the model it was exported from; prefix reuse in scoring; streaming,
+sampling and limits."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -68,6 +71,42 @@ def test_option_scores_match_transformers(llama, hf):
     assert llama.score_text_options(prefixes, [f" {o}" for o in OPTIONS]) == [
         pytest.approx(row, abs=0.05) for row in hf.score_text_options(prefixes, [f" {o}" for o in OPTIONS])
     ]
+
+
+WORKED_TURNS = [
+    {"role": "system", "content": "Classify the abstract into one of three categories."},
+    {"role": "user", "content": "We propose a consistent estimator for panel data with interactive fixed effects."},
+    {"role": "assistant", "content": "Econometrics"},
+    {"role": "user", "content": "Survey evidence on household savings and remittances in rural labour markets."},
+    {"role": "assistant", "content": "General Economics"},
+    {"role": "user", "content": "We characterise equilibria of a mechanism design problem with correlated types."},
+    {"role": "assistant", "content": "Theoretical Economics"},
+]
+QUERIES = ["Instrumental variables for demand.", "Minimum wages and employment in Germany.", "A theory of matching markets."]
+
+
+def test_scoring_reuses_the_evaluated_prefix_and_keeps_the_scores(root):
+    """Few-shot prompts share their worked turns: the scoring context evaluates them once, not once
+    per (example, option), and each option's log-prob is the one a fresh context gives that
+    (example, option) alone."""
+    spec = f"llamacpp:{tiny_gguf(root, 'f16')}"
+    conversations = [[*WORKED_TURNS, {"role": "user", "content": query}] for query in QUERIES]
+    cached = get_backend(spec)
+    got = cached.score_options(conversations, OPTIONS)
+    fresh_tokens = 0
+    for conversation, row in zip(conversations, got):
+        for option, logprob in zip(OPTIONS, row):
+            fresh = get_backend(spec)
+            assert fresh.score_options([conversation], [option])[0][0] == pytest.approx(logprob, abs=1e-4)
+            fresh_tokens += fresh.scoring_evaluated_tokens
+    prompts = [cached.tokenize(cached.chat_prompt(c)) for c in conversations]
+    shared = len(os.path.commonprefix(prompts))
+    assert shared > len(prompts[0]) // 2  # the worked turns are most of each prompt
+    # Every (example, option) after the first finds at least the shared turns already evaluated.
+    assert cached.scoring_evaluated_tokens <= fresh_tokens - (len(conversations) * len(OPTIONS) - 1) * shared
+    # Whatever the context held before (another prefix, another order), the scores stay the same.
+    cached.score_text_options(["Category of the paper:"], [f" {o}" for o in OPTIONS])
+    assert cached.score_options(conversations[::-1], OPTIONS) == [pytest.approx(row, abs=1e-4) for row in got[::-1]]
 
 
 def test_sampling_is_seeded_and_returns_n_replies(llama):

@@ -9,7 +9,10 @@ option is scored as the assistant reply through the template's end-of-turn token
 One `Llama` object is not thread-safe: every call holds the backend's lock. Scoring uses a second
 context over the same (memory-mapped) file that keeps the logits of every position
 (`logits_all=True`); it is created on the first `score_options` call, so generation-only use
-(the server, Q&A synthesis) does not pay for the per-position logits.
+(the server, Q&A synthesis) does not pay for the per-position logits. That context keeps what it
+evaluated: each prompt + option runs on top of the longest token prefix it already holds, so a
+prompt is evaluated once for all its options and the worked examples that consecutive few-shot
+prompts share once for all of them (`scoring_evaluated_tokens` counts what was evaluated).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class LlamaCppBackend:
         self.n_ctx = min(n_ctx or DEFAULT_N_CTX, trained_ctx)
         self.llm = llama_cpp.Llama(str(path), n_ctx=self.n_ctx, **self._options)
         self._scorer = None
+        # Tokens the scoring context has evaluated: the load-independent cost of constrained scoring.
+        self.scoring_evaluated_tokens = 0
         self._lock = threading.Lock()
         self.chat_template = self.metadata.get("tokenizer.chat_template")
         self.eos_id = self.llm.token_eos()
@@ -203,7 +208,8 @@ class LlamaCppBackend:
         return self._score([(prefix, list(options)) for prefix in prefixes], add_special=True)
 
     def _score(self, rows: list[tuple[str, list[str]]], add_special: bool) -> list[list[float]]:
-        """Evaluate each prompt once, then each continuation on top of the kept prompt cache."""
+        """Sum log-prob of each continuation after its prompt, each prompt + continuation evaluated
+        on top of what the scoring context already holds (`_evaluate`)."""
         import numpy as np
         from tqdm.auto import tqdm
 
@@ -212,20 +218,38 @@ class LlamaCppBackend:
             scorer = self._scoring_context()
             for prompt_text, continuations in tqdm(rows, desc="score", unit="ex", disable=not self.progress or len(rows) < 2):
                 prompt_ids = self.tokenize(prompt_text, add_special=add_special)
-                scorer.reset()
-                scorer.eval(prompt_ids)
                 sums = []
                 for text in continuations:
                     option_ids = self._option_ids(prompt_text, text, prompt_ids, add_special)
                     self._check_fits(len(prompt_ids), len(option_ids))
-                    scorer.n_tokens = len(prompt_ids)  # drop the previous option, keep the prompt
-                    scorer.eval(option_ids)
+                    # The option's last token is only predicted, never used to predict: it needs no evaluation.
+                    self._evaluate(scorer, prompt_ids + option_ids[:-1])
                     # Token t of the option is predicted by position len(prompt) - 1 + t.
                     logits = np.asarray(scorer.scores[len(prompt_ids) - 1: len(prompt_ids) - 1 + len(option_ids)], dtype=np.float64)
                     logprobs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
                     sums.append(float(logprobs[np.arange(len(option_ids)), option_ids].sum()))
                 results.append(sums)
         return results
+
+    def _evaluate(self, scorer, token_ids: list[int]) -> None:
+        """Make `scorer` hold the logits of every position of `token_ids`, evaluating only what
+        follows the longest prefix it already holds (llama.cpp keeps that prefix's KV cache, and
+        its logits rows stay in `scorer.scores`). The cache is cut back to the prefix first; a
+        context that cannot be cut there (a recurrent model's state, a sliding-window cache that
+        dropped early positions) starts again from nothing."""
+        llama_cpp = _import_llama_cpp()
+        held = scorer.input_ids[: scorer.n_tokens].tolist()
+        keep = llama_cpp.Llama.longest_token_prefix(held, token_ids)
+        if keep == len(token_ids):
+            return
+        memory = llama_cpp.llama_get_memory(scorer.ctx)
+        if keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1) \
+                or llama_cpp.llama_memory_seq_pos_min(memory, 0) > 0:
+            scorer.reset()
+            keep = 0
+        scorer.n_tokens = keep
+        scorer.eval(token_ids[keep:])
+        self.scoring_evaluated_tokens += len(token_ids) - keep
 
     def _option_ids(self, prompt_text: str, continuation: str, prompt_ids: list[int], add_special: bool) -> list[int]:
         """Tokens after the prompt when prompt + continuation is tokenized whole (as in training);
