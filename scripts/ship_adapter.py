@@ -41,6 +41,9 @@ def model_card(run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
              else f"**partial**: {metrics['steps_done']} of {metrics['total_steps']} steps ({done:.0%} of the epoch); "
                   "training continues with `econlm train --resume` and this folder is replaced when it is done")
     losses = ", ".join(f"{task} {loss:.3f}" for task, loss in metrics["best_val_loss"].items())
+    parent = run.get("init_adapter")  # a second stage: the adapter its training started from
+    start = (f"\n- Started from the adapter `{parent['path']}` (adapter_model.safetensors sha256 `{parent['adapter_sha256']}`),"
+             " not a fresh LoRA." if parent else "")
     return f"""# econlm-smollm2-135m
 
 LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, all linear layers) for
@@ -48,7 +51,7 @@ SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by
 `cpu-smollm2-lora` preset on the arXiv economics train split: tasks {tasks}
 (templates {', '.join(run['templates'].values())}).
 
-- Training state: {state}.
+- Training state: {state}.{start}
 - Chosen checkpoint: step {metrics['best_step']} (lowest mean validation loss {metrics['best_val_loss_mean']:.4f};
   per task: {losses}).
 - Training time{'' if metrics.get('finished') else ' so far'}: {metrics['train_seconds'] / 3600:.2f} h of steps on a 2-core CPU, {metrics['tokens_per_s']} tokens/s

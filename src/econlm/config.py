@@ -57,6 +57,18 @@ class ModelConfig(_Section):
         "AVX512-BF16/AMX), else fp32. Weights and LoRA parameters stay fp32 (or 4-bit) either way.",
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward (saves memory, costs ~30% time).")
+    init_adapter: Path | None = Field(
+        None, description="LoRA adapter folder (a run directory or a shipped adapter) whose weights start training "
+        "instead of a fresh LoRA: a second stage continues the first. Its base must be model.base and its rank, "
+        "scale and adapted modules those of lora:; the run records its path and sha256.",
+    )
+
+    @model_validator(mode="after")
+    def _init_adapter_needs_its_base(self) -> "ModelConfig":
+        if self.init_adapter is not None and self.random_init is not None:
+            raise ValueError("model.init_adapter continues an adapter on the base it was trained on: give that base "
+                             "as model.base, without model.random_init")
+        return self
 
 
 class LoraSettings(_Section):
@@ -66,6 +78,13 @@ class LoraSettings(_Section):
     target_modules: str | list[str] = Field(
         "all-linear", description="'all-linear' (every linear layer but the output head) or a list of module names."
     )
+
+    def peft_config(self):
+        """peft's `LoraConfig` of these settings: what every run builds its adapters from."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=self.target_modules,
+                          task_type="CAUSAL_LM")
 
 
 class DataConfig(_Section):
@@ -218,15 +237,17 @@ def validate_config(tree: dict[str, Any], source: str) -> TrainConfig:
         raise UserError(f"{source}: field '{field}': {message}{more}") from None
 
 
+_PATH_FIELDS = (("data", "corpus"), ("data", "qa_file"), ("model", "init_adapter"))
+
+
 def _paths_relative_to(tree: dict[str, Any], base: Path) -> None:
-    """Relative data paths written in a YAML file point from that file, so a preset works from any directory
+    """Relative paths written in a YAML file point from that file, so a preset works from any directory
     (paths given with `--set` stay relative to the working directory, like any command-line path)."""
-    data = tree.get("data")
-    if not isinstance(data, dict):
-        return
-    for key in ("corpus", "qa_file"):
-        if isinstance(data.get(key), str) and not Path(data[key]).expanduser().is_absolute():
-            data[key] = str((base / data[key]).resolve())
+    for section_name, key in _PATH_FIELDS:
+        section = tree.get(section_name)
+        if isinstance(section, dict) and isinstance(section.get(key), str) \
+                and not Path(section[key]).expanduser().is_absolute():
+            section[key] = str((base / section[key]).resolve())
 
 
 def load_config(name_or_path: str | Path = DEFAULT_PRESET, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:

@@ -23,8 +23,9 @@ def train(config_name: str | None, overrides: tuple[str, ...], corpus: Path | No
           resume_dir: Path | None) -> None:
     """Fine-tune LoRA adapters on the weighted task mix (title, classify, qa).
 
-    Reads the corpus (--corpus, default $ECONLM_DATA; plus data.qa_file for qa) and the base model;
-    writes RUN_DIR: the best adapter by validation loss (adapter_model.safetensors), tokenizer,
+    Reads the corpus (--corpus, default $ECONLM_DATA; plus data.qa_file for qa) and the base model
+    (and with --set model.init_adapter=PATH the adapter a second stage starts from); writes
+    RUN_DIR: the best adapter by validation loss (adapter_model.safetensors), tokenizer,
     econlm_run.json (resolved config, templates, data and model hashes), metrics.json,
     train_log.jsonl, train_curve.png and resumable checkpoints/step-N/. A killed run continues
     exactly with --resume RUN_DIR.

@@ -17,7 +17,8 @@ which is built on it):
 A run directory, when done (and already while training, for the best adapter so far):
     adapter_config.json, adapter_model.safetensors   the best adapter by validation loss
     tokenizer files + chat template                  exactly what training rendered prompts with
-    econlm_run.json                                  resolved config, templates, data and base hashes, versions
+    econlm_run.json                                  resolved config, templates, data and base hashes, versions,
+                                                     the adapter it started from (model.init_adapter)
     metrics.json, train_log.jsonl, train_curve.png   results
     checkpoints/step-N/                              resumable state (last K)
     base/                                            only for `model.random_init` (the debug preset)
@@ -44,6 +45,7 @@ from econlm.config import TrainConfig, validate_config
 from econlm.errors import UserError
 from econlm.io import atomic_dir, atomic_write_json, sha256_file
 from econlm.models import ModelRef
+from econlm.training import init_adapter
 from econlm.training.checkpoint import (
     TrainState,
     checkpoint_dirs,
@@ -198,10 +200,12 @@ def base_reference(config: TrainConfig, run_dir: Path, base: ModelRef) -> tuple[
     return base.text, base.pretrained_source()
 
 
-def build_model(config: TrainConfig, source: Path | str, base_ref: str, device_index: int):
-    """The base model (fp32, or 4-bit NF4 for QLoRA) with fresh LoRA adapters on it."""
+def build_model(config: TrainConfig, source: Path | str, base_ref: str, device_index: int,
+                start_from: init_adapter.InitAdapter | None = None):
+    """The base model (fp32, or 4-bit NF4 for QLoRA) with LoRA adapters on it: fresh ones, or
+    those of `start_from` (the run's `model.init_adapter`)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": torch.float32}
@@ -218,12 +222,10 @@ def build_model(config: TrainConfig, source: Path | str, base_ref: str, device_i
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     torch.manual_seed(config.train.seed)  # LoRA initialisation
-    lora = config.lora
-    model = get_peft_model(model, LoraConfig(
-        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        task_type="CAUSAL_LM",
-    ))
+    model = get_peft_model(model, config.lora.peft_config())
     model.peft_config["default"].base_model_name_or_path = base_ref
+    if start_from is not None:
+        init_adapter.load_into(model, start_from)
     return model
 
 
@@ -312,6 +314,7 @@ class Run:
     data_provenance: dict[str, Any]
     schedule: Schedule
     base: ModelRef
+    start_from: init_adapter.InitAdapter | None  # model.init_adapter; None when unset or a checkpoint holds the weights
     base_ref: str  # recorded in adapter_config.json
     base_source: str  # what `from_pretrained` loads
     model: Any  # prepared for the processes (DDP-wrapped when there are several)
@@ -328,6 +331,7 @@ class Run:
         self.state = TrainState()
 
     def fit(self) -> Path:
+        self._resolve_models()
         self._setup_processes()
         self._setup_data()
         self._setup_schedule()
@@ -342,6 +346,14 @@ class Run:
         return self.run_dir
 
     # ----------------------------------------------------------------------- set-up
+
+    def _resolve_models(self) -> None:
+        """The base model and the adapter to start from, resolved and checked before anything is
+        written or loaded. A resumed run that has a checkpoint loads its weights from there and
+        needs no starting adapter (which may have been replaced since, e.g. by a newer shipped one)."""
+        self.base = ModelRef.parse(self.config.model.base)  # the run's base model, resolved once where the run starts
+        needs_start = not (self.resuming and checkpoint_dirs(self.run_dir))
+        self.start_from = init_adapter.resolve(self.config, self.base) if needs_start else None
 
     def _setup_processes(self) -> None:
         """The accelerator (one process, or DDP under `accelerate launch`) and the autocast precision.
@@ -370,7 +382,6 @@ class Run:
         from econlm.models import load_tokenizer
 
         config = self.config
-        self.base = ModelRef.parse(config.model.base)  # the run's base model, resolved once where the run starts
         self.tokenizer = load_tokenizer(self.base)
         train_sets, val_sets, self.data_provenance = training_examples(config)
         self.train_encoded, self.encoded_counts = encode_all(
@@ -401,7 +412,7 @@ class Run:
 
     def _setup_model(self) -> None:
         self.unwrapped = build_model(self.config, self.base_source, self.base_ref,
-                                     self.accelerator.local_process_index)
+                                     self.accelerator.local_process_index, self.start_from)
 
     def _setup_optimizer(self) -> None:
         """Optimizer and LR schedule over the LoRA weights; the model is prepared for the processes after."""
@@ -578,6 +589,7 @@ class Run:
             "seed": self.config.train.seed,
             "base_model": self.base_ref,
             "base_model_hash": base_hash,
+            "init_adapter": self.start_from.record() if self.start_from else None,
             "templates": {task: (CLASSIFY_THEN_TITLE if task in CLASSIFY_THEN_TITLE.tasks and joint else TEMPLATES[task]).id
                           for task in self.config.data.tasks},
             "chat_template_sha256": hashlib.sha256((self.tokenizer.chat_template or "").encode()).hexdigest(),
@@ -597,6 +609,10 @@ class Run:
         for key in ("corpus_sha256", "qa_file_sha256"):
             if recorded["data"].get(key) != data.get(key):
                 raise UserError(f"{self.run_dir}: the training data changed since the run started ({key}); resume needs the same corpus")
+        started_from = (recorded.get("init_adapter") or {}).get("adapter_sha256")
+        if self.start_from is not None and self.start_from.sha256 != started_from:
+            raise UserError(f"{self.run_dir}: {init_adapter.FIELD} {self.start_from.path} changed since the run started "
+                            "(adapter sha256); resume needs the adapter it started from")
         if recorded["world_size"] != world_size:
             raise UserError(f"{self.run_dir}: started with {recorded['world_size']} process(es), resumed with {world_size}; use the same launch")
 
