@@ -151,18 +151,10 @@ ONE_SHOT_CLASSIFY = CompletionTemplate(
 # small teachers (SmolLM2-135M here) ignore format rules written as prose but copy the format of
 # earlier assistant turns, so the examples carry the format. The id is stored in every pair.
 
-_SYNTHESIS_SYSTEM_V1 = (
+_SYNTHESIS_SYSTEM = (
     "You write {n_pairs} question-answer pairs about the economics research abstract the user gives. "
     "Each question makes sense on its own: it names the topic, method or setting instead of saying "
     "\"this paper\". Each answer is one or two sentences stating facts from the abstract. "
-    "Write every pair on two lines: \"Q: <question>\" then \"A: <answer>\"."
-)
-_SYNTHESIS_SYSTEM = (
-    "You write {n_pairs} question-answer pairs about the economics research abstract the user gives. "
-    "Each question is asked by someone who has not read the abstract, so it names the topic, method, "
-    "data or setting itself instead of saying \"this paper\", \"the proposed method\", \"the model\" "
-    "or \"the results\", and it ends with a question mark. Each answer is one or two sentences stating "
-    "a fact or finding from the abstract that the question does not already say. "
     "Write every pair on two lines: \"Q: <question>\" then \"A: <answer>\"."
 )
 # Invented abstracts (not corpus papers): they cannot leak test content, and a teacher that copies
@@ -177,13 +169,11 @@ _IV_TEST = (
     "The test compares estimates across subsamples and has power against violations of monotonicity. "
     "In simulations it controls size in samples of 500 observations."
 )
-# Version 1 made the committed SmolLM2-teacher set (data/qa/econ-qa.jsonl); its worked examples
-# said "the proposed test", which the Qwen teachers copied into a quarter of their questions.
-SYNTHESIS_PAIRS_V1 = ChatTemplate(
+SYNTHESIS_PAIRS = ChatTemplate(
     name="econ-qa-synth",
     version="1",
     task="qa-synthesis",
-    system=_SYNTHESIS_SYSTEM_V1,
+    system=_SYNTHESIS_SYSTEM,
     user="Abstract: {abstract}",
     examples=(
         (f"Abstract: {_MINIMUM_WAGE}",
@@ -200,30 +190,9 @@ SYNTHESIS_PAIRS_V1 = ChatTemplate(
          "A: It controls size in samples of 500 observations."),
     ),
 )
-SYNTHESIS_PAIRS = ChatTemplate(
-    name="econ-qa-synth",
-    version="2",
-    task="qa-synthesis",
-    system=_SYNTHESIS_SYSTEM,
-    user="Abstract: {abstract}",
-    examples=(
-        (f"Abstract: {_MINIMUM_WAGE}",
-         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
-         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
-         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
-         "A: Mostly through reduced hiring."),
-        (f"Abstract: {_IV_TEST}",
-         "Q: What does an instrument validity test for linear IV models with heterogeneous effects compare?\n"
-         "A: It compares IV estimates across subsamples.\n"
-         "Q: Against which violations does a subsample-comparison test of instrument validity have power?\n"
-         "A: Against violations of monotonicity.\n"
-         "Q: How does a subsample-comparison test of IV validity perform in simulations?\n"
-         "A: It controls size in samples of 500 observations."),
-    ),
-)
 SYNTHESIS_DIALOGUE = ChatTemplate(
     name="econ-qa-synth-dialogue",
-    version="2",
+    version="1",
     task="qa-synthesis",
     system=_SYNTHESIS_SYSTEM + " After a pair you may add one follow-up exchange that continues the conversation: "
     "\"Follow-up Q: <question>\" then \"Follow-up A: <answer>\".",
@@ -237,11 +206,11 @@ SYNTHESIS_DIALOGUE = ChatTemplate(
          "Q: Through which channel do minimum wage increases reduce teen employment?\n"
          "A: Mostly through reduced hiring."),
         (f"Abstract: {_IV_TEST}",
-         "Q: What does an instrument validity test for linear IV models with heterogeneous effects compare?\n"
+         "Q: What does the proposed instrument validity test compare?\n"
          "A: It compares IV estimates across subsamples.\n"
          "Follow-up Q: Against which violations does this test have power?\n"
          "Follow-up A: Against violations of monotonicity.\n"
-         "Q: How does a subsample-comparison test of IV validity perform in simulations?\n"
+         "Q: How does the instrument validity test perform in simulations?\n"
          "A: It controls size in samples of 500 observations."),
     ),
 )
@@ -266,8 +235,8 @@ RAG = ChatTemplate(
 # ---------------------------------------------------------------- the registry
 
 _BY_ID: dict[str, PromptTemplate] = {
-    t.id: t for t in (TITLE, CLASSIFY, QA, CLASSIFY_THEN_TITLE, ONE_SHOT_TITLE, ONE_SHOT_CLASSIFY, SYNTHESIS_PAIRS_V1,
-                      SYNTHESIS_PAIRS, SYNTHESIS_DIALOGUE, RAG)
+    t.id: t for t in (TITLE, CLASSIFY, QA, CLASSIFY_THEN_TITLE, ONE_SHOT_TITLE, ONE_SHOT_CLASSIFY, SYNTHESIS_PAIRS,
+                      SYNTHESIS_DIALOGUE, RAG)
 }
 
 
