@@ -6,10 +6,22 @@ import json
 
 import pytest
 
+from econlm.rag import answer as rag_answer
 from econlm.rag import evalset, store
 from econlm.rag.evaluate import answer_benchmark, evaluate_rag, retrieval_benchmark
 from econlm.types import RagAnswerPrediction, RetrievalPrediction
 from fakes import FakeBackend, HashEmbedder
+
+
+# The bag-of-words fake's cosines run lower than MiniLM's (a question and its answer share few
+# words), so the relevance gate gets a threshold on the fake's scale in tests that search with it.
+FAKE_MIN_SIMILARITY = 0.3
+
+
+@pytest.fixture(autouse=True)
+def gate_on_the_fake_scale(request, monkeypatch):
+    if request.node.get_closest_marker("slow") is None:
+        monkeypatch.setattr(rag_answer, "MIN_SIMILARITY", FAKE_MIN_SIMILARITY)
 
 
 def test_committed_documents_are_what_the_generator_writes(tmp_path):
@@ -22,13 +34,15 @@ def test_committed_documents_are_what_the_generator_writes(tmp_path):
 
 @pytest.mark.parametrize("name, kinds", [
     (evalset.QUESTIONS_FILE, {"fact", "table", "injection", "unanswerable"}),
+    (evalset.REWORDED_FILE, {"fact", "table", "injection", "unanswerable", "vague"}),
     (evalset.HELDOUT_FILE, {"fact", "table", "injection", "unanswerable", "vague"}),
 ])
 def test_every_fact_is_on_the_page_the_question_names(name, kinds):
     from econlm.rag.loaders import load_path
 
-    pages = {name: load_path(evalset.committed_dir() / name).pages for name in evalset.DOCUMENTS}
+    pages = {doc: load_path(evalset.committed_dir() / doc).pages for doc in evalset.documents_of(name)}
     questions = evalset.load_questions(name=name)
+    assert questions == evalset.QUESTION_SETS[name][0]
     assert {q.kind for q in questions} == kinds
     for q in questions:
         if q.kind in ("unanswerable", "vague"):
@@ -38,15 +52,22 @@ def test_every_fact_is_on_the_page_the_question_names(name, kinds):
         assert any(e.lower() in text.lower() for e in q.expected), q.id
         others = [" ".join(p.split()) for n, ps in pages.items() for i, p in enumerate(ps, 1) if (n, i) != (q.source, q.page)]
         assert not any(e.lower() in p.lower() for e in q.expected for p in others), f"{q.id}: the fact is on another page too"
-    assert all(evalset.PLANTED in pages["housing-notes.txt"][page] for page in (0, 1))
+        assert (q.kind == "injection") == (evalset.PLANTED in pages[q.source][q.page - 1]), q.id
 
 
-def test_heldout_questions_are_new_and_load_apart():
-    heldout, committed = evalset.load_questions(name=evalset.HELDOUT_FILE), evalset.load_questions()
-    assert heldout == evalset.HELDOUT_QUESTIONS and len(heldout) >= 10
-    assert not {q.question for q in heldout} & {q.question for q in committed}
-    assert not {q.id for q in heldout} & {q.id for q in committed}
-    assert sum(q.kind == "unanswerable" for q in heldout) >= 2 and sum(q.kind == "vague" for q in heldout) == 1
+def test_the_question_sets_are_apart_and_the_heldout_one_has_its_own_documents():
+    sets = [evalset.load_questions(name=name) for name in evalset.QUESTION_SETS]
+    for n, first in enumerate(sets):
+        for second in sets[n + 1:]:
+            assert not {q.question for q in first} & {q.question for q in second}
+            assert not {q.id for q in first} & {q.id for q in second}
+    heldout = evalset.load_questions(name=evalset.HELDOUT_FILE)
+    assert len(heldout) >= 20 and sum(q.kind == "unanswerable" for q in heldout) >= 4
+    assert sum(q.kind == "vague" for q in heldout) == 1
+    # New documents (the development ones beside them as distractors), so every fact asked is new.
+    assert not set(evalset.HELDOUT_DOCUMENTS) & set(evalset.DOCUMENTS)
+    assert set(evalset.documents_of(evalset.HELDOUT_FILE)) == {*evalset.DOCUMENTS, *evalset.HELDOUT_DOCUMENTS}
+    assert {q.source for q in heldout if q.source} == set(evalset.HELDOUT_DOCUMENTS)
 
 
 class RefusingBackend(FakeBackend):
@@ -76,12 +97,13 @@ def test_answer_benchmark_scores_before_and_after(tmp_path):
     # The model's own refusal raises the bar a passage sentence must clear to be quoted.
     assert refusing["answer"]["refusal_rate_unanswerable"] >= after["refusal_rate_unanswerable"]
     assert refusing["before"]["refusal_rate_answerable"] == 1.0
-    assert refusing["answer"]["refusal_rate_answerable"] < 1.0  # a passage sentence holding the whole question still answers
+    assert refusing["answer"]["refusal_rate_answerable"] < 1.0  # a passage sentence close enough to the question still answers
 
 
-def test_heldout_answers_are_scored_apart():
-    metrics, rows = answer_benchmark(FakeBackend(), HashEmbedder(), questions_file=evalset.HELDOUT_FILE)
-    assert [r.id for r in rows] == [q.id for q in evalset.HELDOUT_QUESTIONS]
+@pytest.mark.parametrize("name", [evalset.REWORDED_FILE, evalset.HELDOUT_FILE])
+def test_the_sets_apart_are_answered_and_scored_the_same_way(name):
+    metrics, rows = answer_benchmark(FakeBackend(), HashEmbedder(), questions_file=name)
+    assert [r.id for r in rows] == [q.id for q in evalset.QUESTION_SETS[name][0]]
     vague = next(r for r in rows if r.kind == "vague")
     # A question naming no subject is answered from the documents, not refused.
     assert vague.retrieved and not vague.scores["answer"]["refused"] and vague.citations
@@ -127,10 +149,11 @@ def test_evaluate_rag_writes_predictions_and_metrics_with_provenance(tmp_path, s
     assert saved["metrics"]["containment"] == report.metrics["containment"]
     assert saved["metrics"]["retrieval"]["n"] == 1 and saved["provenance"]["model"]["backend"] == "fake:deterministic"
     assert saved["provenance"]["prompt_template"] == "econ-rag@1" and "data_sha256" in saved["provenance"]
-    assert set(saved["provenance"]["documents_sha256"]) == {*evalset.DOCUMENTS, evalset.QUESTIONS_FILE, evalset.HELDOUT_FILE}
+    assert set(saved["provenance"]["documents_sha256"]) == {*evalset.ALL_DOCUMENTS, *evalset.QUESTION_SETS}
     assert len(list(RagAnswerPrediction.read_jsonl(out / "predictions.jsonl"))) == len(evalset.QUESTIONS)
-    heldout = list(RagAnswerPrediction.read_jsonl(out / "heldout_predictions.jsonl"))
-    assert len(heldout) == saved["metrics"]["heldout"]["n"] == len(evalset.HELDOUT_QUESTIONS)
+    for key, questions in (("reworded", evalset.REWORDED_QUESTIONS), ("heldout", evalset.HELDOUT_QUESTIONS)):
+        apart = list(RagAnswerPrediction.read_jsonl(out / f"{key}_predictions.jsonl"))
+        assert [r.id for r in apart] == [q.id for q in questions] and saved["metrics"][key]["n"] == len(questions)
     assert len(list(RetrievalPrediction.read_jsonl(out / "retrieval_predictions.jsonl"))) == 1
 
     from econlm.report import write_report
@@ -167,7 +190,7 @@ def test_eval_task_rag_cli_end_to_end(tmp_path, home, tiny_llama):
 
 
 def test_bench_rag_quality_cli_end_to_end(tmp_path, home, tiny_llama):
-    """`econlm bench rag-quality` on a tiny random model: its side-by-side row carries the held-out scores."""
+    """`econlm bench rag-quality` on a tiny random model: its side-by-side row carries the scores of the sets apart."""
     from conftest import run_cli
 
     result = run_cli("bench", "rag-quality", "--model", str(tiny_llama), "--eval-out", str(tmp_path / "evals"),
@@ -175,5 +198,6 @@ def test_bench_rag_quality_cli_end_to_end(tmp_path, home, tiny_llama):
     assert result.returncode == 0, result.stderr
     saved = json.loads((tmp_path / "result.json").read_text())
     (row,) = saved["models"]
-    assert row["heldout"]["obeyed"] == 0 and "refusal_rate_vague" in row["heldout"] and saved["retrieval"] is None
+    assert all(row[key]["obeyed"] == 0 and "refusal_rate_vague" in row[key] for key in ("reworded", "heldout"))
+    assert saved["retrieval"] is None
     assert len(list((tmp_path / "evals").glob("*/heldout_predictions.jsonl"))) == 1

@@ -151,7 +151,7 @@ def stream_rag_answer(question: str, hits) -> Answer:
     raw: list[str] = []
     with slot.container():
         stream_text(stream_answer(question, hits, backend()), raw)
-    answer = finalize("".join(raw), hits, question)
+    answer = finalize("".join(raw), hits, question, embedder())
     slot.text(answer.text)
     return answer
 

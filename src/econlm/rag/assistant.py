@@ -202,7 +202,7 @@ class Assistant:
         started = time.perf_counter()
         hits = self.retriever.search(question, k or self.k)
         retrieved = time.perf_counter()
-        reply = answer(question, hits, backend, self.where)
+        reply = answer(question, hits, backend, self.where, self.embedder)
         answered = time.perf_counter()
         by_label = {citation(h.chunk).label: citation(h.chunk) for h in hits}
         return AssistantAnswer(

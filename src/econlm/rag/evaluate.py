@@ -12,10 +12,12 @@ Two parts, one metrics.json:
   on the bounded stream). Scores: containment of the expected substring, citation precision (cited
   pages that hold the fact) and recall, obedience to planted instructions, refusals on questions
   no document answers (and on those they do), answers that repeat a sentence; and the model's
-  time to first token and decode tokens/s. The held-out questions (`evalset.HELDOUT_FILE`), written
-  apart and never tuned on, are answered and scored the same way, reported apart ("heldout").
+  time to first token and decode tokens/s. The second development set (`evalset.REWORDED_FILE`,
+  "reworded") and the held-out set (`evalset.HELDOUT_FILE`, "heldout": new documents, never tuned on)
+  are answered and scored the same way and reported apart.
 
-Writes OUT/predictions.jsonl and OUT/heldout_predictions.jsonl (`RagAnswerPrediction`), OUT/retrieval_predictions.jsonl
+Writes OUT/predictions.jsonl, OUT/reworded_predictions.jsonl and OUT/heldout_predictions.jsonl
+(`RagAnswerPrediction`), OUT/retrieval_predictions.jsonl
 (`RetrievalPrediction`) and OUT/metrics.json (a `MetricReport` with provenance).
 """
 
@@ -48,9 +50,15 @@ RECALL_AT = (1, 5, 10)
 FUSION_TUNED_ON = "validation"
 DEFAULT_K = 5  # passages the model reads, as in the app and `econlm ask`
 ARMS = ("before", "answer")
+# The question sets scored apart from the committed one, by their key in metrics.json: the second
+# development set, and the held-out set (new documents, never tuned on).
+SETS_APART = {"reworded": evalset.REWORDED_FILE, "heldout": evalset.HELDOUT_FILE}
 MECHANISM = ("claims of the reply held by a passage (content words, numbers, negation; no instruction-like "
-             "text), repeats dropped, each citing its passage; else the passage sentence best matching the "
-             "question and reply; else a refusal. Stream stopped at a repeated sentence or after "
+             "text), repeats dropped, each citing its passage; else the passage sentence most similar to the "
+             "question (cosine of the retrieval embedder's sentence vectors, agreement with the reply "
+             "breaking ties); a candidate less similar to the question than"
+             f" {rag_answer.MIN_SIMILARITY} ({rag_answer.REFUSAL_MARGIN} more when the model "
+             "refused) is no answer; else a refusal. Stream stopped at a repeated sentence or after "
              f"{rag_answer.MAX_SENTENCES} sentences")
 
 
@@ -115,10 +123,10 @@ def _retrieval_scores(rows: Sequence[RetrievalPrediction]) -> dict[str, dict[str
 
 # ---------------------------------------------------------------- answers over the committed documents
 
-def documents_retriever(docs_dir: str | Path, embedder, workdir: str | Path) -> HybridRetriever:
-    """The committed documents indexed as `econlm index add` indexes uploads (in `workdir`)."""
+def documents_retriever(docs_dir: str | Path, embedder, workdir: str | Path, names: Sequence[str]) -> HybridRetriever:
+    """The committed documents `names` indexed as `econlm index add` indexes uploads (in `workdir`)."""
     docs_dir = Path(docs_dir)
-    names = sorted({q.source for q in evalset.load_questions(docs_dir) if q.source} | set(evalset.DOCUMENTS))
+    names = sorted(names)
     missing = [n for n in names if not (docs_dir / n).is_file()]
     if missing:
         raise UserError(f"{docs_dir}: missing benchmark document(s) {', '.join(missing)}")
@@ -195,18 +203,18 @@ def _timed_reply(backend: Backend, question: str, hits, decoding: Decoding) -> d
 def answer_benchmark(backend: Backend, embedder, docs_dir: str | Path | None = None, k: int = DEFAULT_K,
                      decoding: Decoding = rag_answer.ANSWER_DECODING, questions_file: str = evalset.QUESTIONS_FILE,
                      ) -> tuple[dict[str, Any], list[RagAnswerPrediction]]:
-    """Answer every question of `questions_file` from the committed documents; scores before and after `finalize`."""
+    """Answer every question of `questions_file` from its set's documents; scores before and after `finalize`."""
     docs_dir = Path(docs_dir or evalset.committed_dir())
     questions = evalset.load_questions(docs_dir, questions_file)
     rows, timings = [], []
     with tempfile.TemporaryDirectory(prefix="econlm-rag-eval-") as workdir:
-        retriever = documents_retriever(docs_dir, embedder, workdir)
+        retriever = documents_retriever(docs_dir, embedder, workdir, evalset.documents_of(questions_file))
         for q in questions:
             hits = retriever.search(q.question, k)
             if hits:
                 reply = _timed_reply(backend, q.question, hits, decoding)
                 before = rag_answer.cite_reply(reply["full"], hits)
-                after = rag_answer.finalize(reply["bounded"], hits, q.question)
+                after = rag_answer.finalize(reply["bounded"], hits, q.question, embedder)
                 tokens = backend.count_tokens(reply["full"]) if backend.has_tokenizer else len(reply["full"].split())
                 timings.append({**reply, "tokens": tokens})
             else:
@@ -264,9 +272,10 @@ def evaluate_rag(backend: Backend, out_dir: str | Path, embedder=None, papers_in
         retrieval = retrieval_benchmark(store.load_index(papers_index, embedder.name), embedder, qa_file, limit)
     retrieval_seconds = time.perf_counter() - started
     answers, rows = answer_benchmark(backend, embedder, docs_dir, k, decoding)
-    heldout, heldout_rows = answer_benchmark(backend, embedder, docs_dir, k, decoding, evalset.HELDOUT_FILE)
+    apart = {key: answer_benchmark(backend, embedder, docs_dir, k, decoding, name) for key, name in SETS_APART.items()}
     metrics = {**answers["answer"], "before": answers["before"], "speed": answers["speed"],
-               "heldout": {**heldout["answer"], "before": heldout["before"], "n": len(heldout_rows)},
+               **{key: {**scores["answer"], "before": scores["before"], "n": len(set_rows)}
+                  for key, (scores, set_rows) in apart.items()},
                "retrieval": retrieval[0] if retrieval else None}
     report = MetricReport(task="rag", metrics=metrics, primary_metric="containment")
     report.provenance = provenance.build(
@@ -276,7 +285,7 @@ def evaluate_rag(backend: Backend, out_dir: str | Path, embedder=None, papers_in
         documents_dir=str(docs_dir),
         documents_sha256={p.name: sha256_file(p) for p in sorted(docs_dir.iterdir()) if p.is_file()},
         n_questions=len(rows),
-        n_heldout_questions=len(heldout_rows),
+        **{f"n_{key}_questions": len(set_rows) for key, (_, set_rows) in apart.items()},
         embedder=embedder.name,
         qa_file=str(qa_file),
         qa_file_sha256=sha256_file(qa_file),
@@ -291,7 +300,8 @@ def evaluate_rag(backend: Backend, out_dir: str | Path, embedder=None, papers_in
     )
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / "predictions.jsonl", rows)
-        write_jsonl(tmp / "heldout_predictions.jsonl", heldout_rows)
+        for key, (_, set_rows) in apart.items():
+            write_jsonl(tmp / f"{key}_predictions.jsonl", set_rows)
         if retrieval:
             write_jsonl(tmp / "retrieval_predictions.jsonl", retrieval[1])
         atomic_write_json(tmp / "metrics.json", report.model_dump(mode="json"))
@@ -299,14 +309,14 @@ def evaluate_rag(backend: Backend, out_dir: str | Path, embedder=None, papers_in
 
 
 def summary_row(report: MetricReport) -> dict[str, Any]:
-    """One model's line of the side-by-side table: the answer scores before and after, on the held-out
-    questions, and speed."""
+    """One model's line of the side-by-side table: the answer scores before and after, on the second
+    development set and the held-out set, and speed."""
     m = report.metrics
     keys = ("containment", "citation_precision", "citation_recall", "obeyed", "refusal_rate_unanswerable",
             "refusal_rate_answerable", "repeating_answers")
     return {"model": report.provenance["model"]["backend"], "answer": {k: m[k] for k in keys},
             "before": {k: m["before"][k] for k in keys},
-            "heldout": {k: m["heldout"][k] for k in (*keys, "refusal_rate_vague")}, "speed": m["speed"]}
+            **{key: {k: m[key][k] for k in (*keys, "refusal_rate_vague")} for key in SETS_APART}, "speed": m["speed"]}
 
 
 def compare_models(specs: Sequence[str], eval_out: str | Path, papers_index: str | Path | None = None,
@@ -342,11 +352,11 @@ def echo_rag_report(report: MetricReport, out: str | Path) -> None:
     import click
 
     m = report.metrics
-    for arm, scores in (("before", m["before"]), ("answer", m), ("heldout", m["heldout"])):
-        click.echo(f"{arm:7s} containment={scores['containment']}  citation_precision={scores['citation_precision']}  "
+    for arm, scores in (("before", m["before"]), ("answer", m), *((key, m[key]) for key in SETS_APART)):
+        click.echo(f"{arm:8s} containment={scores['containment']}  citation_precision={scores['citation_precision']}  "
                    f"citation_recall={scores['citation_recall']}  obeyed={scores['obeyed']}  "
                    f"refusals(unanswerable)={scores['refusal_rate_unanswerable']}  repeating={scores['repeating_answers']}"
-                   + (f"  refusals(vague)={scores['refusal_rate_vague']}  (n={scores['n']})" if arm == "heldout" else ""))
+                   + (f"  refusals(vague)={scores['refusal_rate_vague']}  (n={scores['n']})" if arm in SETS_APART else ""))
     speed = m["speed"]
     if speed.get("replies"):
         click.echo(f"speed   ttft median {speed['ttft_s_median']} s, {speed['decode_tokens_per_s']} tokens/s, "
@@ -360,4 +370,5 @@ def echo_rag_report(report: MetricReport, out: str | Path) -> None:
                        f"MRR@10={r['mrr_at_10']}  ({group}, n={scores['n']})")
     if retrieval:
         click.echo(f"hybrid fusion tuned on the {retrieval['fusion_tuned_on']} papers' questions only")
-    click.echo(f"wrote {out}/predictions.jsonl, {out}/heldout_predictions.jsonl and {out}/metrics.json ({report.provenance['seconds']:.0f}s)")
+    click.echo(f"wrote {out}/predictions.jsonl, {out}/reworded_predictions.jsonl, {out}/heldout_predictions.jsonl and "
+               f"{out}/metrics.json ({report.provenance['seconds']:.0f}s)")

@@ -72,8 +72,8 @@ GENERIC_WORDS = frozenset({
 def is_vague(text: str) -> bool:
     """Whether `text` names no subject: no word beyond stop words and `GENERIC_WORDS` ("What does
     this paper find?", "Summarise the document"). Such a question cannot be off-topic, so no
-    relevance floor applies to its search (it is about whatever comes closest), and no share of
-    its words is asked of an answer (`econlm.rag.answer.finalize`)."""
+    relevance floor applies to its search (it is about whatever comes closest), and no relevance
+    gate to its answer (`econlm.rag.answer.finalize`)."""
     return set(tokenize(text, stop_words())) <= GENERIC_WORDS
 
 
