@@ -223,3 +223,19 @@ def test_serving_beyond_this_machine_without_a_key_warns():
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "warning: serving on 192.0.2.1 without --api-key" in result.stderr
+
+
+def test_threads_reach_the_engine_and_a_remote_model_refuses_them(tiny_llama):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        get_backend(f"transformers:{tiny_llama}", n_threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    env = {**os.environ, "OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    result = subprocess.run([sys.executable, "-m", "econlm.cli", "serve", "--model", "openai:remote", "--threads", "1",
+                             "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].endswith("--threads: openai:remote is served elsewhere; econlm computes nothing for it")

@@ -68,6 +68,18 @@ def test_launch_on_a_gpu_leaves_the_choices_to_vllm(tmp_path):
     assert not {"--enforce-eager", "--kv-cache-memory-bytes", "--chat-template"} & set(argv)
 
 
+def test_threads_bind_vllm_to_as_many_cores_on_a_cpu_only(tmp_path):
+    adapter = ModelRef.parse(str(make_adapter(tmp_path)))
+    env = VllmLaunch.for_model(adapter, "econlm", "cpu", threads=1).env()
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == str(min(os.sched_getaffinity(0)))
+    assert VllmLaunch.for_model(adapter, "econlm", "cpu").env().get("VLLM_CPU_OMP_THREADS_BIND") == os.environ.get(
+        "VLLM_CPU_OMP_THREADS_BIND")  # vLLM's own binding unless asked
+    with pytest.raises(UserError, match="--threads 1: vLLM on cuda computes on the accelerator"):
+        VllmLaunch.for_model(adapter, "econlm", "cuda", threads=1)
+    with pytest.raises(UserError, match="may use"):
+        VllmLaunch.for_model(adapter, "econlm", "cpu", threads=len(os.sched_getaffinity(0)) + 1)
+
+
 def test_a_base_model_is_served_under_the_name_without_lora(tmp_path):
     make_adapter(tmp_path)
     launch = VllmLaunch.for_model(ModelRef.parse(str(tmp_path / "base")), "econlm", "cpu")

@@ -472,9 +472,10 @@ def serve(
     model_name: str = "econlm",
     limits: ServerLimits = ServerLimits(),
     api_key: str | None = None,
+    threads: int | None = None,
 ) -> None:
-    """Load the backend a spec names and serve it until interrupted; this module's log lines go
-    where uvicorn's go, in its format."""
+    """Load the backend a spec names (computing on `threads` CPU threads, else the engine's
+    default) and serve it until interrupted; this module's log lines go where uvicorn's go."""
     import copy
 
     import uvicorn
@@ -482,7 +483,7 @@ def serve(
 
     log_config = copy.deepcopy(LOGGING_CONFIG)
     log_config["loggers"][__name__] = {"handlers": ["default"], "level": "INFO", "propagate": False}
-    app = create_app(get_backend(spec), model_name, limits, api_key)
+    app = create_app(get_backend(spec, **({"n_threads": threads} if threads is not None else {})), model_name, limits, api_key)
     uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config)
 
 

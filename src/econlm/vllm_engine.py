@@ -113,10 +113,11 @@ class VllmLaunch:
     api_key: str | None = field(repr=False)
     device: str
     dtype: str
+    threads: int | None = None  # CPU compute threads; None: vLLM's own binding (every core but one)
 
     @classmethod
     def for_model(cls, model: ModelRef, served_name: str, device: str, host: str = "127.0.0.1", port: int = 8000,
-                  api_key: str | None = None, dtype: str | None = None) -> VllmLaunch:
+                  api_key: str | None = None, dtype: str | None = None, threads: int | None = None) -> VllmLaunch:
         """What to launch for `model`. dtype: on a GPU vLLM's own choice ("auto"); on a CPU float32,
         the converted weights' own type (vLLM's bfloat16 CPU path needs AMX, whose tile
         instructions fault on this project's machine; see scripts/install.sh)."""
@@ -134,6 +135,10 @@ class VllmLaunch:
             lora_rank = next(r for r in LORA_RANKS if r >= rank)
         template_dir = adapter if adapter is not None else Path(base_source)
         template = template_dir / "chat_template.jinja"
+        if threads is not None and device != "cpu":
+            raise UserError(f"--threads {threads}: vLLM on {device} computes on the accelerator; give --threads on a CPU only")
+        if threads is not None and threads > len(os.sched_getaffinity(0)):
+            raise UserError(f"--threads {threads}: this process may use {len(os.sched_getaffinity(0))} CPUs")
         if served_name == base.name and adapter is not None:
             raise UserError(f"--name {served_name}: the base model is served under that name; give the adapter another one")
         return cls(
@@ -149,6 +154,7 @@ class VllmLaunch:
             api_key=api_key,
             device=device,
             dtype=dtype or ("auto" if device == "cuda" else "float32"),
+            threads=threads,
         )
 
     @property
@@ -179,6 +185,11 @@ class VllmLaunch:
         and the folder its key middleware is imported from."""
         env = dict(os.environ)
         env.pop(econlm_require_key.KEY_VARIABLE, None)
+        if self.threads is not None:
+            # vLLM's CPU backend binds one OpenMP thread to each listed core; its default ("auto")
+            # leaves one core to its API server process, which on 2 cores halves the compute.
+            cores = sorted(os.sched_getaffinity(0))[: self.threads]
+            env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
         if self.api_key:
             env[econlm_require_key.KEY_VARIABLE] = self.api_key
             env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REQUIRE_KEY_DIR), env.get("PYTHONPATH"))))
@@ -217,11 +228,11 @@ def _stop(child: subprocess.Popen, signum: int = signal.SIGTERM) -> int:
 
 
 def serve(model: ModelRef, served_name: str = "econlm", host: str = "127.0.0.1", port: int = 8000,
-          api_key: str | None = None) -> None:
+          api_key: str | None = None, threads: int | None = None) -> None:
     """Run vLLM's server in the foreground until it exits or econlm is interrupted; SIGINT,
     SIGTERM and SIGHUP are passed on to it, and it is killed if it outlives the grace period."""
     install = VllmInstall.find()
-    launch = VllmLaunch.for_model(model, served_name, install.device, host=host, port=port, api_key=api_key)
+    launch = VllmLaunch.for_model(model, served_name, install.device, host=host, port=port, api_key=api_key, threads=threads)
     print(f"econlm: starting {install.version} on {install.device}: {launch.served_name} at {launch.base_url}", file=sys.stderr, flush=True)
     child = _start(launch, install.python)
     signalled_at: list[float] = []

@@ -33,9 +33,16 @@ class TransformersBackend:
         device: str | None = None,
         batch_size: int = 16,
         progress: bool = False,
+        n_threads: int | None = None,
     ):
+        """n_threads: CPU threads torch computes with (default: torch's own, one per core); torch has
+        one thread pool per process, so only the process that owns the model (a server) sets it."""
         if batch_size < 1:
             raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        if n_threads is not None:
+            import torch
+
+            torch.set_num_threads(n_threads)
         self.model_ref = model_ref
         self.name = f"transformers:{model_ref}"
         self.dtype = dtype

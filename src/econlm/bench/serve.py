@@ -40,9 +40,10 @@ REQUEST_TIMEOUT_S = 900.0  # a request queued behind 31 others on a one-at-a-tim
 SERVED_NAME = "econlm"
 
 
-def engine_command(engine: str, model: ModelRef, port: int) -> list[str]:
+def engine_command(engine: str, model: ModelRef, port: int, threads: int | None = None) -> list[str]:
     """`econlm serve` for one engine; llama.cpp runs the q8_0 export of the (merged) model."""
-    base = [sys.executable, "-m", "econlm.cli", "serve", "--port", str(port), "--name", SERVED_NAME]
+    base = [sys.executable, "-m", "econlm.cli", "serve", "--port", str(port), "--name", SERVED_NAME,
+            *(["--threads", str(threads)] if threads is not None else [])]
     if engine in ("vllm", "transformers"):
         return [*base, "--engine", engine, "--model", model.text]
     if engine.startswith("llamacpp-"):
@@ -192,8 +193,10 @@ def run_serve_bench(
     max_tokens: int = 32,
     engines: tuple[str, ...] = ENGINES,
     log_dir: Path | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Start each engine in turn, send it the prompts at every concurrency, stop it; the JSON-ready result."""
+    """Start each engine in turn (on `threads` CPU threads each, else each engine's default), send
+    it the prompts at every concurrency, stop it; the JSON-ready result."""
     from econlm.bench.infer import title_prompts
     from econlm.models import load_tokenizer
     from econlm.paths import econlm_home
@@ -219,7 +222,7 @@ def run_serve_bench(
     results: dict[str, Any] = {}
     for engine in engines:
         port = free_port()
-        command = engine_command(engine, model, port)
+        command = engine_command(engine, model, port, threads)
         with EngineServer(command, port, log_dir / f"{engine}.log") as server:
             rows: dict[str, Any] = {"command": " ".join(command[1:]), "startup_s": round(server.startup_s, 1)}
             # Warm-up, not counted: vLLM's first step at each batch size is slow (kernels set up per shape).
@@ -237,6 +240,7 @@ def run_serve_bench(
         "prompts": {"task": "title", "n": n_prompts, "split": "test", "corpus": str(corpus)},
         "decoding": {"greedy": True, "max_tokens": max_tokens, "stream": True},
         "concurrency": list(concurrency),
+        "threads": threads,
         "agreement_reference": f"{REFERENCE_ENGINE} at c={concurrency[0]}" if reference is not None else None,
         "load_average_at_start": [round(x, 2) for x in load_at_start],
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],

@@ -70,8 +70,11 @@ def gguf(model, quant: str, out: Path) -> None:
 @click.option("--max-prompt-tokens", default=8192, show_default=True, type=click.IntRange(1), help="Prompt tokens one request may hold.")
 @click.option("--max-body-bytes", default=1_000_000, show_default=True, type=click.IntRange(1), help="Largest request body accepted.")
 @click.option("--max-waiting", default=64, show_default=True, type=click.IntRange(1), help="Requests queued behind the running one; more get 503.")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads the model computes on [default: the engine's own: one per core for transformers and "
+                   "llama.cpp, every core but one for vLLM]. 1 when other jobs share the cores.")
 def serve(spec, engine: str | None, host: str, port: int, api_key: str | None, name: str, max_tokens: int, max_prompts: int, max_generated_tokens: int,
-          max_prompt_tokens: int, max_body_bytes: int, max_waiting: int) -> None:
+          max_prompt_tokens: int, max_body_bytes: int, max_waiting: int, threads: int | None) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (chat/completions with streaming).
 
     Reads the model the spec names; writes nothing. Clients: the econlm app and `openai:` backend
@@ -79,6 +82,7 @@ def serve(spec, engine: str | None, host: str, port: int, api_key: str | None, n
     get a 4xx; a request whose client leaves stops generating. For many users (and GPUs),
     --engine vllm runs vLLM's server instead (docs/serving.md).
     """
+    from econlm.errors import UserError
     from econlm.serve import ServerLimits, is_loopback, serve as run_server
 
     if not api_key and not is_loopback(host):
@@ -87,13 +91,15 @@ def serve(spec, engine: str | None, host: str, port: int, api_key: str | None, n
     if engine == "vllm":
         from econlm.vllm_engine import serve as serve_vllm
 
-        serve_vllm(spec.model, served_name=name, host=host, port=port, api_key=api_key)
+        serve_vllm(spec.model, served_name=name, host=host, port=port, api_key=api_key, threads=threads)
         return
+    if threads is not None and spec.engine not in SERVE_ENGINES:
+        raise UserError(f"--threads: {spec} is served elsewhere; econlm computes nothing for it")
     limits = ServerLimits(
         max_tokens=max_tokens, default_max_tokens=min(256, max_tokens), max_body_bytes=max_body_bytes, max_waiting=max_waiting,
         max_prompts=max_prompts, max_generated_tokens=max_generated_tokens, max_prompt_tokens=max_prompt_tokens,
     )
-    run_server(spec, host=host, port=port, model_name=name, limits=limits, api_key=api_key)
+    run_server(spec, host=host, port=port, model_name=name, limits=limits, api_key=api_key, threads=threads)
 
 
 @bench.command("infer")
@@ -135,8 +141,11 @@ def infer(corpus: Path | None, spec, n_prompts: int, max_new_tokens: int, engine
 @click.option("--concurrency", default="1,8,32", show_default=True, help="Comma-separated requests in flight, each run in turn.")
 @click.option("--max-tokens", default=32, show_default=True, type=click.IntRange(1), help="max_tokens of every request.")
 @click.option("--engines", default=None, help="Comma-separated subset of: vllm, llamacpp-q8_0, transformers [default: all].")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="`econlm serve --threads` for every engine, so each computes on as many cores [default: each engine's own].")
 @click.option("--out", default=Path("bench/results"), show_default=True, type=click.Path(path_type=Path), help="Result .json file or directory.")
-def serve_bench(corpus: Path | None, spec, n_prompts: int, concurrency: str, max_tokens: int, engines: str | None, out: Path) -> None:
+def serve_bench(corpus: Path | None, spec, n_prompts: int, concurrency: str, max_tokens: int, engines: str | None,
+                threads: int | None, out: Path) -> None:
     """Serving engines under the same load: vLLM (continuous batching, LoRA by name) vs econlm's
     one-at-a-time server over llama.cpp q8_0 and over transformers.
 
@@ -157,7 +166,7 @@ def serve_bench(corpus: Path | None, spec, n_prompts: int, concurrency: str, max
         raise click.BadParameter("every concurrency must be at least 1", param_hint="--concurrency")
     chosen = tuple(e.strip() for e in engines.split(",")) if engines else ENGINES
     result = run_serve_bench(spec.model if spec is not None else default_model(), resolve_corpus(corpus), n_prompts=n_prompts,
-                             concurrency=levels, max_tokens=max_tokens, engines=chosen)
+                             concurrency=levels, max_tokens=max_tokens, engines=chosen, threads=threads)
     path = write_result(out, "serve", result)
     plot(result, path.with_suffix(".png"))
     click.echo(format_table(result))
