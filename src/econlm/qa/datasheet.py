@@ -31,7 +31,8 @@ def teacher_table(result: dict[str, Any]) -> str:
     """An `econlm bench qa-teacher` result as a table: kept-pair rate, each filter's share of the
     candidate pairs (filters no teacher tripped left out), throughput and load."""
     rows = result["teachers"]
-    filters = [name for name in FILTER_NAMES if any(row["counts"][name] for row in rows.values())]
+    # A result made before a filter existed has no count for it.
+    filters = [name for name in FILTER_NAMES if any(row["counts"].get(name, 0) for row in rows.values())]
     header = ["teacher", "papers", "candidates", "kept", "kept / candidate", "kept / paper", "unparsable",
               *(name.replace("_", " ") for name in filters), "papers/s", "generated tokens/s", "load (1 min, mean)"]
     lines = [[f"`{label}`", str(row["papers"]), str(row["counts"]["candidates"]), str(row["counts"]["kept"]),
