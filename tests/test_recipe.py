@@ -198,6 +198,24 @@ def test_eval_asks_a_classify_then_title_model_as_it_was_trained(early_run, smal
     assert classify.provenance["prompt_template"] == CLASSIFY_THEN_TITLE.id
 
 
+def test_merged_and_exported_joint_run_is_still_asked_as_it_was_trained(early_run, small_corpus, tmp_path):
+    """The run's record travels with the model: into the merged folder, and into the GGUF's metadata
+    (kept by llama.cpp's quantiser), so eval through llama.cpp puts the category turn first."""
+    from econlm.backends import Decoding, get_backend
+    from econlm.evaluate import evaluate, trained_jointly, training_record
+    from econlm.export import export_gguf
+    from econlm.training import merge_run
+
+    run = ModelRef.parse(early_run)
+    merged = ModelRef.parse(merge_run(run, tmp_path / "merged"))
+    gguf = ModelRef.parse(export_gguf(run, tmp_path / "run.q8_0.gguf", "q8_0", progress=False)["out"])
+    for model in (merged, gguf):
+        assert training_record(model) == training_record(run) and trained_jointly(training_record(model), "title")
+    report = evaluate(get_backend(f"llamacpp:{gguf.path}"), "title", small_corpus, tmp_path / "eval", split="validation",
+                      limit=2, decoding=Decoding(max_new_tokens=4))
+    assert report.provenance["prompt_template"] == CLASSIFY_THEN_TITLE.id
+
+
 def test_app_asks_a_classify_then_title_model_as_it_was_trained(early_run, papers, monkeypatch):
     """The Title page's conversation is the training sequence cut at the title turn, its category
     the one the Classify page puts first; a per-task model still gets the title template."""

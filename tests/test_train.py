@@ -13,6 +13,8 @@ import torch
 
 from econlm.config import load_config
 from econlm.data.build import paper_examples
+from econlm.evaluate import trained_jointly, training_record
+from econlm.export import export_gguf
 from econlm.models import ModelRef, load_model
 from econlm.training import merge_run, train
 from econlm.training.data import (
@@ -170,6 +172,11 @@ def test_run_dir_loads_and_merges(debug_run, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(**enc).logits, model(**enc).logits, atol=1e-4, rtol=1e-4)
     assert json.loads((merged_dir / "econlm_merged.json").read_text())["base_model"] == str((debug_run / "base").resolve())
+    # A per-task run stays one after merge and GGUF export: asked the plain title prompt.
+    gguf = ModelRef.parse(export_gguf(ModelRef.parse(merged_dir), tmp_path / "merged.gguf", progress=False)["out"])
+    for model in (ModelRef.parse(merged_dir), gguf):
+        assert training_record(model) == training_record(run) and not trained_jointly(training_record(model), "title")
+        assert training_record(model)["templates"] == {"title": "econ-title@1", "classify": "econ-classify@1"}
 
 
 def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run, tmp_path):

@@ -121,15 +121,43 @@ def parse_category(text: str) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
+# The GGUF metadata key under which `econlm export gguf` stores the model's `training_record`
+# (a JSON string), so that a llama.cpp run of the file is prompted as its training run was.
+TRAINING_GGUF_KEY = "econlm.training_run"
+
+
 def training_record(model: ModelRef | None) -> dict[str, Any] | None:
-    """What an `econlm train` run dir says about itself (templates, data hashes), for adapters that
-    have it; None for other models and for remote endpoints (no local model)."""
-    if model is None or model.kind != "adapter" or not (model.path / "econlm_run.json").is_file():
+    """What the `econlm train` run a model comes from says about itself (templates, data hashes):
+    from an adapter's econlm_run.json, the copy `econlm merge` keeps in econlm_merged.json, or the
+    copy a GGUF from `econlm export gguf` carries in its metadata. None for other models and for
+    remote endpoints (no local model)."""
+    if model is None:
         return None
-    record = model.path / "econlm_run.json"
-    run = json.loads(record.read_text(encoding="utf-8"))
+    if model.kind == "gguf":
+        return _gguf_training_record(model.path)
+    run = _run_record(model)
+    if run is None:
+        return None
     return {key: run.get(key) for key in ("created", "templates", "seed", "base_model_hash", "chat_template_sha256")} | {
         "corpus_sha256": run.get("data", {}).get("corpus_sha256")}
+
+
+def _run_record(model: ModelRef) -> dict[str, Any] | None:
+    """The econlm_run.json of an adapter, or of the run a merged folder was made from."""
+    if model.kind == "adapter" and (model.path / "econlm_run.json").is_file():
+        return json.loads((model.path / "econlm_run.json").read_text(encoding="utf-8"))
+    if model.kind == "hf-folder" and (model.path / "econlm_merged.json").is_file():
+        return json.loads((model.path / "econlm_merged.json").read_text(encoding="utf-8"))["run"]
+    return None
+
+
+def _gguf_training_record(path: Path) -> dict[str, Any] | None:
+    """The record from the file's metadata; gguf's reader maps the file and reads its key-value
+    pairs without loading the weights."""
+    from gguf import GGUFReader
+
+    field = GGUFReader(path).fields.get(TRAINING_GGUF_KEY)
+    return json.loads(field.contents()) if field is not None else None
 
 
 def trained_jointly(training: dict[str, Any] | None, task: str) -> bool:

@@ -3,7 +3,8 @@
 The model is a `econlm.models.ModelRef`: a merged HF folder, a LoRA adapter or run directory
 (merged on the fly), a packaged model name, or a hub id. The file carries the
 weights, the BPE tokenizer (tokens, merges, special ids) and the chat template, so that llama.cpp
-renders and tokenizes prompts exactly as training did.
+renders and tokenizes prompts exactly as training did, and the training run's record
+(`econlm.evaluate.training_record`), so that the file is asked as it was trained.
 
 Why not llama.cpp's `convert_hf_to_gguf.py`: no registry package ships it (llama-cpp-python's
 wheel contains only the library). The pieces it is built from do ship, in the `gguf` package
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm.errors import MissingExtraError, UserError
+from econlm.evaluate import TRAINING_GGUF_KEY, training_record
 from econlm.io import atomic_path
 from econlm.models import ModelRef, load_model
 
@@ -37,7 +39,10 @@ def export_gguf(model_ref: ModelRef, out: str | Path, quant: str = "f16", progre
     """Write MODEL_REF as a GGUF file at OUT (atomically); returns what was written.
 
     The file's description records the model's content hash (`ModelRef.hash`), which pairs a
-    llama.cpp run of the file with the transformers runs of the model in a report."""
+    llama.cpp run of the file with the transformers runs of the model in a report; its metadata
+    carries the model's `training_record` (econlm.training_run), so that eval, the app and the
+    servers ask the file as its training run was asked (a classify-then-title model: the category
+    turn first)."""
     if quant not in QUANT_TYPES:
         raise UserError(f"unknown quantisation {quant!r} (choose one of {', '.join(QUANT_TYPES)})")
     out = Path(out)
@@ -49,14 +54,15 @@ def export_gguf(model_ref: ModelRef, out: str | Path, quant: str = "f16", progre
     model, tokenizer = load_model(model_ref, dtype="float32", device="cpu", merge_adapter=True)
     info = {"model_ref": model_ref.text, "kind": model_ref.kind, "model_hash": model_ref.hash}
     description = f"econlm export of {model_ref} ({model_ref.kind}, content hash {model_ref.hash})"
+    training = training_record(model_ref)
     with atomic_path(out) as tmp_path:
         if quant == "f16":
-            _write_f16(model, tokenizer, tmp_path, model_ref.name, description, progress)
+            _write_f16(model, tokenizer, tmp_path, model_ref.name, description, training, progress)
         else:
             # llama.cpp quantises from a file: write f16 beside the output, quantise, drop it.
             with tempfile.TemporaryDirectory(prefix=".econlm-export-", dir=out.parent) as scratch:
                 f16_path = Path(scratch) / "model.f16.gguf"
-                _write_f16(model, tokenizer, f16_path, model_ref.name, description, progress)
+                _write_f16(model, tokenizer, f16_path, model_ref.name, description, training, progress)
                 quantize_gguf(f16_path, tmp_path, quant)
     return {
         **info,
@@ -132,7 +138,8 @@ def _permute_for_llama_cpp(weights, n_head: int):
     return weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
 
 
-def _write_f16(model, tokenizer, path: Path, name: str, description: str, progress: bool) -> None:
+def _write_f16(model, tokenizer, path: Path, name: str, description: str, training: dict[str, Any] | None,
+               progress: bool) -> None:
     import gguf
     import numpy as np
 
@@ -147,6 +154,8 @@ def _write_f16(model, tokenizer, path: Path, name: str, description: str, progre
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_description(description)
+    if training is not None:
+        writer.add_string(TRAINING_GGUF_KEY, json.dumps(training))
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)
     writer.add_block_count(n_layers)
