@@ -378,8 +378,8 @@ def finalize(text: str, hits: Sequence[Hit], question: str | None = None, embedd
     and a table cell the question names by row and column is the best. The best one is the answer
     (with the other held claims on the question when it is a claim); a candidate less similar to the
     question than `min_similarity` (default `MIN_SIMILARITY`; `REFUSAL_MARGIN` more when the model
-    said the passages do not answer) is none, so when no candidate clears it the documents do not answer. Without
-    `question` (the reply alone), or with a vague one that names no subject
+    said the passages do not answer) is none, so when no candidate clears it the documents do not
+    answer. Without `question` (the reply alone), or with a vague one that names no subject
     (`econlm.rag.retriever.is_vague`: it is about whatever passages it was asked of), claims are
     kept and a passage sentence is quoted only when it agrees with `MIN_AGREEMENT` of the reply; for
     a vague question, when nothing else holds, the top passage's first sentence is quoted (the lead

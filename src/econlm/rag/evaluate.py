@@ -55,8 +55,8 @@ ARMS = ("before", "answer")
 SETS_APART = {"reworded": evalset.REWORDED_FILE, "heldout": evalset.HELDOUT_FILE}
 MECHANISM = ("claims of the reply held by a passage (content words, numbers, negation; no instruction-like "
              "text), repeats dropped, each citing its passage; else the passage sentence most similar to the "
-             "question (cosine of the retrieval embedder's sentence vectors, agreement with the reply "
-             "breaking ties); a candidate less similar to the question than"
+             "question (cosine of the retrieval embedder's sentence vectors, plus "
+             f"{rag_answer.AGREEMENT_WEIGHT} x agreement with the reply); a candidate less similar to the question than"
              f" {rag_answer.MIN_SIMILARITY} ({rag_answer.REFUSAL_MARGIN} more when the model "
              "refused) is no answer; else a refusal. Stream stopped at a repeated sentence or after "
              f"{rag_answer.MAX_SENTENCES} sentences")
