@@ -61,6 +61,48 @@ def test_shipped_adapter_is_named_econlm():
     assert shipped.base == ModelRef.parse(models.DEFAULT_MODEL)
 
 
+def test_every_shipped_adapter_folder_is_a_model_by_its_name(tiny_llama, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from econlm.classifier import shipped_classifier_dir
+
+    root = tmp_path / "adapters"
+    write_adapter(root / models.DEFAULT_SHIPPED_ADAPTER, "smollm2-135m-instruct")
+    second = root / "econlm-tiny-llama"
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_llama)),
+                          LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    lora.save_pretrained(second)
+    (root / "notes").mkdir()  # no adapter_config.json: not a model
+    monkeypatch.setattr(models, "SHIPPED_ADAPTERS_ROOT", root)
+    monkeypatch.setattr(models, "SHIPPED_ADAPTER_DIR", root / models.DEFAULT_SHIPPED_ADAPTER)
+
+    assert list(models.shipped_adapters()) == [models.DEFAULT_SHIPPED_ADAPTER, "econlm-tiny-llama"]
+    added = ModelRef.parse("econlm-tiny-llama")
+    assert (added.kind, added.name, added.path) == ("adapter", "econlm-tiny-llama", second.resolve())
+    assert added.base == ModelRef.parse(tiny_llama) and parse_spec("transformers:econlm-tiny-llama").model == added
+    model, _ = models.load_model(added, device="cpu")
+    assert type(model).__name__.startswith("Peft")
+    # `econlm` stays the default adapter, and is also reachable by its folder's name.
+    default = ModelRef.parse("econlm")
+    assert default.name == "econlm" and default.path == ModelRef.parse(models.DEFAULT_SHIPPED_ADAPTER).path
+    assert default.path == (root / models.DEFAULT_SHIPPED_ADAPTER).resolve()
+
+    rows = {row["name"]: row for row in models.list_models()}
+    assert rows["econlm"]["status"] == "present" and models.DEFAULT_SHIPPED_ADAPTER in rows["econlm"]["description"]
+    assert rows["econlm-tiny-llama"]["status"] == "present" and "notes" not in rows
+    assert "default" in rows[models.DEFAULT_SHIPPED_ADAPTER]["description"]
+    assert "default" not in rows["econlm-tiny-llama"]["description"]
+    with pytest.raises(UserError, match="econlm-tiny-llama"):
+        ModelRef.parse("econlm-nope")
+
+    # A classifier belongs to the adapter it stacks on.
+    assert shipped_classifier_dir().name == models.DEFAULT_SHIPPED_ADAPTER
+    assert shipped_classifier_dir("econlm-tiny-llama").name == "econlm-tiny-llama"
+    with pytest.raises(UserError, match="no shipped adapter 'econlm-nope'.*econlm-tiny-llama"):
+        shipped_classifier_dir("econlm-nope")
+
+
 def test_hash_is_the_safetensors_hash_computed_once(tiny_llama, monkeypatch):
     ref = ModelRef.parse(tiny_llama)
     assert ref.hash == sha256_dir(tiny_llama, "*.safetensors") and ref.source_sha256 is None

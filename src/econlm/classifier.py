@@ -251,8 +251,11 @@ def score_split(classifier: StackedClassifier, backend, corpus_dir: str | Path, 
     return report
 
 
-def shipped_classifier_dir() -> Path:
-    """The classifier that ships with econlm, fitted on the shipped adapter's log-probabilities."""
+def shipped_classifier_dir(adapter: str | None = None) -> Path:
+    """The classifier shipped for a shipped adapter (named as `ModelRef.parse` takes it; default: the
+    default adapter): it stacks on that adapter's log-probabilities, so its folder under classifiers/
+    has the adapter's folder name (it may be absent)."""
+    from econlm.models import SHIPPED_ADAPTER_NAME, shipped_adapter_dir
     from econlm.paths import package_data
 
-    return package_data("classifiers") / "econlm-smollm2-135m"
+    return package_data("classifiers") / shipped_adapter_dir(adapter or SHIPPED_ADAPTER_NAME).name

@@ -172,9 +172,31 @@ REGISTRY: dict[str, PackagedModel] = {
     )
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
-# The shipped econlm adapter (trained by `econlm train`, committed under models/).
+# Adapters trained by `econlm train` ship as folders under the package's adapters/ (`models/` in a
+# checkout), each a model named like its folder; `econlm` names the default one, so shipping another
+# adapter is a new folder and, if it becomes the default, a new DEFAULT_SHIPPED_ADAPTER.
+SHIPPED_ADAPTERS_ROOT = shipped_models_dir()
 SHIPPED_ADAPTER_NAME = "econlm"
-SHIPPED_ADAPTER_DIR = shipped_models_dir() / "econlm-smollm2-135m"
+DEFAULT_SHIPPED_ADAPTER = "econlm-smollm2-135m"
+SHIPPED_ADAPTER_DIR = SHIPPED_ADAPTERS_ROOT / DEFAULT_SHIPPED_ADAPTER
+
+
+def shipped_adapters() -> dict[str, Path]:
+    """The shipped adapters present, by folder name: found on disk so a new folder needs no code."""
+    if not SHIPPED_ADAPTERS_ROOT.is_dir():
+        return {}
+    return {folder.name: folder for folder in sorted(SHIPPED_ADAPTERS_ROOT.iterdir())
+            if (folder / "adapter_config.json").is_file()}
+
+
+def shipped_adapter_dir(name: str) -> Path:
+    """The folder of a shipped adapter named as `ModelRef.parse` takes it ("econlm": the default)."""
+    if name == SHIPPED_ADAPTER_NAME:
+        return SHIPPED_ADAPTER_DIR
+    present = shipped_adapters()
+    if name not in present:
+        raise UserError(f"no shipped adapter {name!r}: shipped are {', '.join([SHIPPED_ADAPTER_NAME, *present])}")
+    return present[name]
 
 MODEL_KINDS = ("packaged", "gguf", "hf-folder", "adapter", "hub")
 
@@ -211,6 +233,9 @@ class ModelRef:
             if not (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
                 raise UserError(f"the shipped econlm adapter is not present at {SHIPPED_ADAPTER_DIR}")
             return cls._adapter(ref, SHIPPED_ADAPTER_DIR, SHIPPED_ADAPTER_NAME)
+        shipped = shipped_adapters()
+        if ref in shipped:
+            return cls._adapter(ref, shipped[ref], ref)
         if ref in REGISTRY:
             return cls("packaged", ref, ref, ref)
         path = Path(ref).expanduser()
@@ -226,7 +251,7 @@ class ModelRef:
             raise UserError(f"{ref}: not a model folder, .gguf file, or known model name")
         if ref.count("/") == 1:
             return cls("hub", ref, ref, ref)
-        known = ", ".join([*REGISTRY, SHIPPED_ADAPTER_NAME])
+        known = ", ".join([*REGISTRY, SHIPPED_ADAPTER_NAME, *shipped])
         raise UserError(f"unknown model {ref!r}: use one of {known}, a local folder, a .gguf file, or a hub id (org/name)")
 
     @classmethod
@@ -445,7 +470,7 @@ def nf4_config(compute_dtype: str = "bfloat16"):
 
 
 def list_models() -> list[dict[str, str]]:
-    """Packaged models and the shipped adapter with their install/conversion state."""
+    """Packaged models and the shipped adapters with their install/conversion state."""
     rows = []
     for entry in REGISTRY.values():
         rows.append(
@@ -465,7 +490,19 @@ def list_models() -> list[dict[str, str]]:
             "kind": "LoRA adapter (shipped)",
             "status": "present" if present else "not trained yet",
             "hub_id": "",
-            "description": f"econlm fine-tune of {DEFAULT_MODEL} ({SHIPPED_ADAPTER_DIR.relative_to(shipped_models_dir().parent)})",
+            "description": f"the default shipped adapter, {SHIPPED_ADAPTER_DIR.name}",
         }
     )
+    for name, folder in shipped_adapters().items():
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path", "?")
+        rows.append(
+            {
+                "name": name,
+                "kind": "LoRA adapter (shipped)",
+                "status": "present",
+                "hub_id": "",
+                "description": f"econlm fine-tune of {base} ({folder.parent.name}/{name})"
+                + (f", the default {SHIPPED_ADAPTER_NAME!r}" if folder == SHIPPED_ADAPTER_DIR else ""),
+            }
+        )
     return rows

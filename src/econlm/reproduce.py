@@ -136,7 +136,7 @@ def reproduce(corpus_dir: str | Path, out_dir: str | Path, preset_name: str = "q
     elif train:
         notes.append(f"The fine-tuned model was trained in this run (preset {preset.train_preset}): {tuned}.")
     else:
-        notes.append("The fine-tuned model is the shipped adapter (models/econlm-smollm2-135m), not retrained.")
+        notes.append(f"The fine-tuned model is the shipped adapter (models/{tuned.path.name}), not retrained.")
     atomic_write_text(out_dir / "notes.md", "\n\n".join(notes) + "\n")
     report = write_report(run_dirs, report_dir or out_dir / "report",
                           title=f"econlm vs the LLaMA-2-Econ study ({preset.name} preset)", notes="\n\n".join(notes))
