@@ -1,9 +1,11 @@
-"""Copy a training run's best adapter into the folder econlm ships as the model `econlm`.
+"""Copy a training run's best adapter into a folder econlm ships as a model of its own.
 
-The default destination is that folder inside the econlm package (src/econlm/adapters/econlm-smollm2-135m/,
-which models/econlm-smollm2-135m links to in a checkout), so the next wheel carries the new adapter.
+The destination is src/econlm/adapters/NAME/ (models/NAME in a checkout), so the next wheel carries
+the adapter and `--model NAME` loads it; NAME defaults to econlm-<base without -instruct> for a
+packaged base (econlm-smollm2-135m, econlm-qwen2.5-coder-0.5b), else --dest's folder name. The run record does not name the
+preset it was trained with, so --preset says it for the model card.
 
-Usage: .venv/bin/python scripts/ship_adapter.py RUN_DIR [--dest DIR]
+Usage: .venv/bin/python scripts/ship_adapter.py RUN_DIR --preset NAME [--name NAME] [--dest DIR]
 
 Copies the run's self-description (adapter safetensors, config, tokenizer, chat template,
 econlm_run.json, metrics.json, train_log.jsonl, train_curve.png) without checkpoints/ (optimizer
@@ -20,7 +22,7 @@ import statistics
 from pathlib import Path
 
 from econlm.io import atomic_dir
-from econlm.models import SHIPPED_ADAPTER_DIR
+from econlm.models import DEFAULT_SHIPPED_ADAPTER, REGISTRY, SHIPPED_ADAPTER_NAME, SHIPPED_ADAPTERS_ROOT
 
 SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "econlm_run.json", "metrics.json",
@@ -33,8 +35,23 @@ def median_tokens_per_s(run_dir: Path) -> float:
     return statistics.median(row["tokens_per_s"] for row in rows if "tokens_per_s" in row)
 
 
-def model_card(run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
+def default_name(run: dict) -> str:
+    base = run["base_model"]
+    if base not in REGISTRY:
+        raise SystemExit(f"the run's base {base!r} is not a packaged model: name the adapter with --name")
+    return "econlm-" + base.removesuffix("-instruct")
+
+
+def base_display_name(run: dict) -> str:
+    """The base as its authors spell it (the hub id's last part) for a packaged base."""
+    base = run["base_model"]
+    return REGISTRY[base].hub_id.split("/")[-1] if base in REGISTRY else base
+
+
+def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
     config = run["config"]
+    targets = config["lora"]["target_modules"]
+    layers = "all linear layers" if targets == "all-linear" else "layers " + ", ".join(targets)
     tasks = ", ".join(f"{task} x{weight:g}" for task, weight in config["data"]["tasks"].items())
     done = metrics["steps_done"] / metrics["total_steps"]
     state = (f"finished: {metrics['steps_done']} steps, {metrics['epochs_done']:g} epoch(s) of the mix" if metrics.get("finished")
@@ -44,11 +61,14 @@ def model_card(run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
     parent = run.get("init_adapter")  # a second stage: the adapter its training started from
     start = (f"\n- Started from the adapter `{parent['path']}` (adapter_model.safetensors sha256 `{parent['adapter_sha256']}`),"
              " not a fresh LoRA." if parent else "")
-    return f"""# econlm-smollm2-135m
+    loading = (f"`econlm eval --model {SHIPPED_ADAPTER_NAME} ...`, `econlm app` and `econlm reproduce` load this folder by default."
+               if name == DEFAULT_SHIPPED_ADAPTER else
+               f"`econlm eval --model {name} ...` loads this folder (the default `{SHIPPED_ADAPTER_NAME}` is {DEFAULT_SHIPPED_ADAPTER}).")
+    return f"""# {name}
 
-LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, all linear layers) for
-SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by econlm with the
-`cpu-smollm2-lora` preset on the arXiv economics train split: tasks {tasks}
+LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, {layers}) for
+{base_display_name(run)} (base model sha256 `{run['base_model_hash']}`), trained by econlm with the
+`{preset}` preset on the arXiv economics train split: tasks {tasks}
 (templates {', '.join(run['templates'].values())}).
 
 - Training state: {state}.{start}
@@ -58,7 +78,7 @@ SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by
   on average ({metrics['train_tokens']:,} non-padding tokens); the median step ran at
   {typical_tokens_per_s:.0f} tokens/s (the average includes steps slowed by other jobs sharing the CPU).
 
-`econlm eval --model econlm ...`, `econlm app` and `econlm reproduce` load this folder by default.
+{loading}
 `econlm_run.json` holds the resolved config, dataset and base-model hashes and library versions;
 `train_log.jsonl` and `train_curve.png` the training curve. No optimizer state is shipped.
 """
@@ -67,16 +87,21 @@ SmolLM2-135M-Instruct (base model sha256 `{run['base_model_hash']}`), trained by
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--dest", type=Path, default=SHIPPED_ADAPTER_DIR)
+    parser.add_argument("--preset", required=True, help="the preset the run was trained with (cpu-smollm2-lora)")
+    parser.add_argument("--name", help="the shipped model's name [default: --dest's folder name, else econlm-<packaged base>]")
+    parser.add_argument("--dest", type=Path, help="the folder to write [default: the package's adapters/NAME]")
     args = parser.parse_args()
     run = json.loads((args.run_dir / "econlm_run.json").read_text())
     metrics = json.loads((args.run_dir / "metrics.json").read_text())
-    with atomic_dir(args.dest) as tmp:
-        for name in SHIPPED_FILES:
-            if (args.run_dir / name).is_file():
-                shutil.copy2(args.run_dir / name, tmp / name)
-        (tmp / "README.md").write_text(model_card(run, metrics, median_tokens_per_s(args.run_dir)), encoding="utf-8")
-    print(f"shipped {args.run_dir} -> {args.dest}")
+    name = args.name or (args.dest.name if args.dest else default_name(run))
+    dest = args.dest or SHIPPED_ADAPTERS_ROOT / name
+    with atomic_dir(dest) as tmp:
+        for file_name in SHIPPED_FILES:
+            if (args.run_dir / file_name).is_file():
+                shutil.copy2(args.run_dir / file_name, tmp / file_name)
+        card = model_card(name, args.preset, run, metrics, median_tokens_per_s(args.run_dir))
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+    print(f"shipped {args.run_dir} -> {dest}")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ def test_run_dir_loads_and_merges(debug_run, tmp_path):
 def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run, tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "ship_adapter.py"
     dest = tmp_path / "models" / "econlm-test"
-    subprocess.run([sys.executable, str(script), str(debug_run), "--dest", str(dest)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), str(debug_run), "--preset", "debug", "--dest", str(dest)],
+                   check=True, capture_output=True)
     names = {p.name for p in dest.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "econlm_run.json", "metrics.json", "README.md"} <= names
     assert "checkpoints" not in names and not list(dest.rglob("optimizer*"))
@@ -190,6 +191,8 @@ def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run,
     card = (dest / "README.md").read_text()
     best = json.loads((debug_run / "metrics.json").read_text())["best_step"]
     assert f"step {best}" in card and "finished: 4 steps" in card
+    # Named after its folder, with the preset it was trained with; not the default `econlm`.
+    assert card.startswith("# econlm-test\n") and "`debug` preset" in card and "--model econlm-test" in card
 
 
 def test_a_finished_run_is_not_overwritten(debug_run):

@@ -79,7 +79,8 @@ def test_the_second_stage_trains_on_and_records_where_it_started(stage1, stage2)
 def test_the_model_card_names_the_adapter_the_run_started_from(stage1, stage2, tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "ship_adapter.py"
     for run, dest in ((stage2, tmp_path / "stage2"), (stage1, tmp_path / "stage1")):
-        subprocess.run([sys.executable, str(script), str(run), "--dest", str(dest)], check=True, capture_output=True)
+        subprocess.run([sys.executable, str(script), str(run), "--preset", "debug", "--dest", str(dest)],
+                       check=True, capture_output=True)
     card = (tmp_path / "stage2" / "README.md").read_text()
     assert f"Started from the adapter `{stage1.resolve()}`" in card
     assert sha256_file(stage1 / "adapter_model.safetensors") in card
