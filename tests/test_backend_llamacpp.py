@@ -10,7 +10,7 @@ import pytest
 
 from econlm.backends import Backend, Decoding, get_backend
 from econlm.backends.hf import TransformersBackend
-from econlm.backends.llamacpp import LlamaCppBackend
+from econlm.backends.llamacpp import MIN_RESUMED_ROWS, ROW_GROUP, LlamaCppBackend
 from econlm.errors import UserError
 from econlm.io import sha256_file
 from gguf_models import tiny_gguf, tiny_model_dir
@@ -102,8 +102,11 @@ def test_scoring_reuses_the_evaluated_prefix_and_keeps_the_scores(root):
     prompts = [cached.tokenize(cached.chat_prompt(c)) for c in conversations]
     shared = len(os.path.commonprefix(prompts))
     assert shared > len(prompts[0]) // 2  # the worked turns are most of each prompt
-    # Every (example, option) after the first finds at least the shared turns already evaluated.
-    assert cached.scoring_evaluated_tokens <= fresh_tokens - (len(conversations) * len(OPTIONS) - 1) * shared
+    # Every (example, option) after the first finds the shared turns already evaluated, and keeps them up to a
+    # multiple of ROW_GROUP that leaves MIN_RESUMED_ROWS to evaluate.
+    kept = min(shared, min(map(len, prompts)) - MIN_RESUMED_ROWS) // ROW_GROUP * ROW_GROUP
+    saved = (len(conversations) * len(OPTIONS) - 1) * kept
+    assert cached.scoring_evaluated_tokens <= fresh_tokens - saved
     # Whatever the context held before (another prefix, another order), the scores stay the same.
     cached.score_text_options(["Category of the paper:"], [f" {o}" for o in OPTIONS])
     assert cached.score_options(conversations[::-1], OPTIONS) == [pytest.approx(row, abs=1e-4) for row in got[::-1]]

@@ -28,6 +28,16 @@ from econlm.errors import MissingExtraError, UserError
 from econlm.models import ModelRef
 
 DEFAULT_N_CTX = 4096  # KV-cache size cap; the model's own context length when smaller
+# llama.cpp's CPU matrix kernels are not batch-invariant: the rows of a batch left over from groups
+# of 4, and batches of a few rows, take other kernels whose results differ in the last bits, and a
+# position's keys and values carry that into every later position (up to 0.07 nats in a summed
+# option log-prob of Qwen2.5-Coder-0.5B Q4_K_M, resuming at position 377 or with 4 rows left).
+# Resuming on a multiple of ROW_GROUP with at least MIN_RESUMED_ROWS rows to evaluate gives every
+# position the kernel one pass over the whole sequence gives it: a fresh context's scores, bit for
+# bit (measured on this project's CPU by scripts/bench_llamacpp_scoring.py, which reports the
+# largest difference).
+ROW_GROUP = 4
+MIN_RESUMED_ROWS = 8
 
 
 def _source_hash(description: str) -> str | None:
@@ -236,12 +246,15 @@ class LlamaCppBackend:
         follows the longest prefix it already holds (llama.cpp keeps that prefix's KV cache, and
         its logits rows stay in `scorer.scores`). The cache is cut back to the prefix first; a
         context that cannot be cut there (a recurrent model's state, a sliding-window cache that
-        dropped early positions) starts again from nothing."""
+        dropped early positions) starts again from nothing. The kept prefix ends on a multiple of
+        ROW_GROUP at least MIN_RESUMED_ROWS before the end, so the scores are those of a fresh
+        context whatever this one held before."""
         llama_cpp = _import_llama_cpp()
         held = scorer.input_ids[: scorer.n_tokens].tolist()
-        keep = llama_cpp.Llama.longest_token_prefix(held, token_ids)
-        if keep == len(token_ids):
+        if held == token_ids:
             return
+        reusable = min(llama_cpp.Llama.longest_token_prefix(held, token_ids), len(token_ids) - MIN_RESUMED_ROWS)
+        keep = max(reusable, 0) // ROW_GROUP * ROW_GROUP
         memory = llama_cpp.llama_get_memory(scorer.ctx)
         if keep == 0 or not llama_cpp.llama_memory_seq_rm(memory, 0, keep, -1) \
                 or llama_cpp.llama_memory_seq_pos_min(memory, 0) > 0:
