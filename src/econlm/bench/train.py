@@ -73,7 +73,7 @@ def _val_loss(model, val, tokenizer) -> float:
 def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
     """A baseline: transformers Trainer + peft LoRA in fp32, fixed or dynamic padding."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 
     base, tokenizer, train, val = _encoded(config)
@@ -108,9 +108,7 @@ def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
 
     torch.manual_seed(config.train.seed)
     model = AutoModelForCausalLM.from_pretrained(base.pretrained_source(), dtype=torch.float32)
-    lora = config.lora
-    model = get_peft_model(model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                                             target_modules=lora.target_modules, task_type="CAUSAL_LM"))
+    model = get_peft_model(model, config.lora.peft_config())
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
