@@ -193,8 +193,11 @@ def _porter():
 
 def support_score(text: str, abstract_stems: set[str]) -> float:
     """Share of the text's content words found in the abstract (0 when it has none)."""
-    words = content_stems(text)
-    return len(words & abstract_stems) / len(words) if words else 0.0
+    return _share_in(content_stems(text), abstract_stems)
+
+
+def _share_in(words: set[str], stems: set[str]) -> float:
+    return len(words & stems) / len(words) if words else 0.0
 
 
 def normalize_question(question: str) -> str:
@@ -208,8 +211,8 @@ def _problem(question: str, answer: str, abstract_stems: set[str], filters: Filt
     """The first filter a pair fails, and its answer support. A follow-up question may refer back
     to the conversation ("this estimate"), so it skips the vague-referent check."""
     q, a = len(question.split()), len(answer.split())
-    answer_stems = content_stems(answer)
-    support = support_score(answer, abstract_stems)
+    question_stems, answer_stems = content_stems(question), content_stems(answer)
+    support = _share_in(answer_stems, abstract_stems)
     if q < filters.min_question_words or a < filters.min_answer_words or len(answer_stems) < filters.min_answer_content_words:
         return "too_short", support
     if q > filters.max_question_words or a > filters.max_answer_words:
@@ -220,11 +223,11 @@ def _problem(question: str, answer: str, abstract_stems: set[str], filters: Filt
         return "not_self_contained", support
     if not followup and _VAGUE_REFERENT_RE.search(question):
         return "vague_referent", support
-    if support_score(question, abstract_stems) < filters.min_question_support:
+    if _share_in(question_stems, abstract_stems) < filters.min_question_support:
         return "off_topic", support
     if support < filters.min_answer_support:
         return "unsupported", support
-    if len(answer_stems - content_stems(question)) / len(answer_stems) < filters.min_answer_novelty:
+    if len(answer_stems - question_stems) / len(answer_stems) < filters.min_answer_novelty:
         return "restates_question", support
     return None, support
 
