@@ -32,7 +32,7 @@ def test_model_ref_kinds(tmp_path):
     assert ModelRef.parse("meta-llama/Llama-2-7b-hf") == ModelRef("hub", "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf", "meta-llama/Llama-2-7b-hf")
     assert ModelRef.parse("meta-llama/Llama-2-7b-hf").hash == "hub:meta-llama/Llama-2-7b-hf"
     (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text("{}")
+    (tmp_path / "hf" / "config.json").write_text('{"model_type": "llama"}')
     folder = ModelRef.parse(tmp_path / "hf")
     assert (folder.kind, folder.source, folder.name, str(folder)) == ("hf-folder", str(tmp_path / "hf"), "hf", str(tmp_path / "hf"))
     (tmp_path / "m.gguf").write_bytes(b"GGUF")
@@ -45,7 +45,7 @@ def test_adapter_refs_carry_their_base(tmp_path):
     assert adapter.kind == "adapter" and adapter.base == ModelRef.parse("smollm2-135m-instruct")
     # A training run of a random base records it as "./base", relative to the run folder.
     (tmp_path / "run" / "base").mkdir(parents=True)
-    (tmp_path / "run" / "base" / "config.json").write_text("{}")
+    (tmp_path / "run" / "base" / "config.json").write_text('{"model_type": "llama"}')
     run = ModelRef.parse(write_adapter(tmp_path / "run" / "adapter", "../base"))
     assert run.base.kind == "hf-folder" and run.base.source == str(tmp_path / "run" / "base")
     assert run.describe()["base"] == run.base.describe()
@@ -118,12 +118,21 @@ def test_a_gguf_file_hashes_like_its_converted_folder(tmp_path, monkeypatch):
     gguf = ModelRef.parse(tmp_path / "m.gguf")
     converted = tmp_path / "home" / "models" / f"m-{gguf.source_sha256[:12]}"
     converted.mkdir(parents=True)
-    (converted / "config.json").write_text("{}")
+    (converted / "config.json").write_text('{"model_type": "llama"}')
     (converted / "model.safetensors").write_bytes(b"weights")
     (converted / models.CONVERTED_MARKER).write_text("{}")
     assert gguf.converted_dir() == converted
     assert gguf.hash == ModelRef.parse(converted).hash == sha256_dir(converted, "*.safetensors")
     assert gguf.describe(content_hash=False)["hash"] is None
+
+
+@pytest.mark.parametrize(("config", "message"), [("{}", "config.json: no model_type"),
+                                                  ('{"model_type": ', r"config.json:1: invalid JSON"),
+                                                  ("[]", "config.json: expected a JSON object")])
+def test_a_model_folder_with_a_broken_config_is_a_user_error(tmp_path, config, message):
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(UserError, match=message):
+        ModelRef.parse(tmp_path)
 
 
 @pytest.mark.parametrize("ref", ["no-such-model", "./missing-dir", "/definitely/not/here"])

@@ -113,15 +113,27 @@ def _unloadable_model(tmp: Path) -> Path:
     before checking --out fails with the load's error instead of the --out one."""
     folder = tmp / "unloadable-model"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))  # no weights beside it
     return folder
 
 
-def _adapter_of_unloadable_model(tmp: Path) -> Path:
+def _adapter_of(tmp: Path, base: Path) -> Path:
     adapter = tmp / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(_unloadable_model(tmp))}))
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
     return adapter
+
+
+def _adapter_of_unloadable_model(tmp: Path) -> Path:
+    return _adapter_of(tmp, _unloadable_model(tmp))
+
+
+def _model_folder(tmp: Path, config: str) -> Path:
+    """A model folder whose config.json holds `config`."""
+    folder = tmp / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text(config)
+    return folder
 
 
 def _convert_into_a_file(tmp: Path, corpus: Path) -> tuple[list[str], str]:
@@ -216,6 +228,12 @@ CASES = [
         ["merge", str(_adapter_of_unloadable_model(tmp)), "--out", str(_foreign_dir(tmp))],
         f"{tmp / 'thesis'}: not replaced: it holds 'thesis.tex'")),
     Case("models-convert-into-a-file", _convert_into_a_file),
+    Case("qa-eval-model-config-without-model-type", lambda tmp, c: (
+        ["qa", "eval", "--model", str(_model_folder(tmp, "{}")), "--corpus", str(c), "--out", str(tmp / "ev")],
+        f"{tmp / 'model' / 'config.json'}: no model_type")),
+    Case("merge-base-config-not-json", lambda tmp, c: (
+        ["merge", str(_adapter_of(tmp, _model_folder(tmp, '{"model_type": '))), "--out", str(tmp / "merged")],
+        f"{tmp / 'model' / 'config.json'}:1: invalid JSON")),
     # ------------------------------------------------------------------ training configs
     Case("config-empty", _config(b"", "{file}: is empty")),
     Case("config-only-comments", _config(b"# nothing set yet\n", "{file}: is empty")),
