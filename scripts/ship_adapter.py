@@ -2,10 +2,11 @@
 
 The destination is src/econlm/adapters/NAME/ (models/NAME in a checkout), so the next wheel carries
 the adapter and `--model NAME` loads it; NAME defaults to econlm-<base without -instruct> for a
-packaged base (econlm-smollm2-135m, econlm-qwen2.5-coder-0.5b), else --dest's folder name. The run record does not name the
-preset it was trained with, so --preset says it for the model card.
+packaged base (econlm-smollm2-135m, econlm-qwen2.5-coder-0.5b), else --dest's folder name. The model
+card names the preset the run record gives; --preset names it for a run recorded before runs
+recorded their preset.
 
-Usage: .venv/bin/python scripts/ship_adapter.py RUN_DIR --preset NAME [--name NAME] [--dest DIR]
+Usage: .venv/bin/python scripts/ship_adapter.py RUN_DIR [--preset NAME] [--name NAME] [--dest DIR]
 
 Copies the run's self-description (adapter safetensors, config, tokenizer, chat template,
 econlm_run.json, metrics.json, train_log.jsonl, train_curve.png) without checkpoints/ (optimizer
@@ -87,19 +88,22 @@ LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, {layers}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--preset", required=True, help="the preset the run was trained with (cpu-smollm2-lora)")
+    parser.add_argument("--preset", help="the preset the run was trained with [default: econlm_run.json's preset]")
     parser.add_argument("--name", help="the shipped model's name [default: --dest's folder name, else econlm-<packaged base>]")
     parser.add_argument("--dest", type=Path, help="the folder to write [default: the package's adapters/NAME]")
     args = parser.parse_args()
     run = json.loads((args.run_dir / "econlm_run.json").read_text())
     metrics = json.loads((args.run_dir / "metrics.json").read_text())
+    preset = args.preset or run.get("preset")
+    if not preset:
+        parser.error(f"{args.run_dir / 'econlm_run.json'} names no preset: give --preset NAME")
     name = args.name or (args.dest.name if args.dest else default_name(run))
     dest = args.dest or SHIPPED_ADAPTERS_ROOT / name
     with atomic_dir(dest) as tmp:
         for file_name in SHIPPED_FILES:
             if (args.run_dir / file_name).is_file():
                 shutil.copy2(args.run_dir / file_name, tmp / file_name)
-        card = model_card(name, args.preset, run, metrics, median_tokens_per_s(args.run_dir))
+        card = model_card(name, preset, run, metrics, median_tokens_per_s(args.run_dir))
         (tmp / "README.md").write_text(card, encoding="utf-8")
     print(f"shipped {args.run_dir} -> {dest}")
 

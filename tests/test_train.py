@@ -125,7 +125,7 @@ def test_micro_batches_fit_the_budget_and_cover_the_step(packed):
 @pytest.fixture(scope="module")
 def debug_run(small_corpus, tmp_path_factory):
     config = load_config("debug", [f"data.corpus={small_corpus}", "train.max_steps=4", "train.eval_every=2"])
-    return train(config, tmp_path_factory.mktemp("runs") / "debug", progress=False)
+    return train(config, tmp_path_factory.mktemp("runs") / "debug", progress=False, preset="debug")
 
 
 def test_debug_run_directory_describes_itself(debug_run, small_corpus):
@@ -136,7 +136,7 @@ def test_debug_run_directory_describes_itself(debug_run, small_corpus):
     assert record["templates"] == {"title": "econ-title@1", "classify": "econ-classify@1"}
     assert set(record["data"]["corpus_sha256"]) == {"train", "validation", "test"}
     assert record["base_model_hash"] == ModelRef.parse(debug_run).base.hash == ModelRef.parse(debug_run / "base").hash
-    assert record["config"]["train"]["max_steps"] == 4 and record["seed"] == 0
+    assert record["config"]["train"]["max_steps"] == 4 and record["seed"] == 0 and record["preset"] == "debug"
     assert json.loads((debug_run / "adapter_config.json").read_text())["base_model_name_or_path"] == "./base"
     metrics = json.loads((debug_run / "metrics.json").read_text())
     assert metrics["finished"] and metrics["steps_done"] == 4 and metrics["best_step"] in (2, 4)
@@ -182,7 +182,7 @@ def test_run_dir_loads_and_merges(debug_run, tmp_path):
 def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run, tmp_path):
     script = Path(__file__).resolve().parents[1] / "scripts" / "ship_adapter.py"
     dest = tmp_path / "models" / "econlm-test"
-    subprocess.run([sys.executable, str(script), str(debug_run), "--preset", "debug", "--dest", str(dest)],
+    subprocess.run([sys.executable, str(script), str(debug_run), "--dest", str(dest)],
                    check=True, capture_output=True)
     names = {p.name for p in dest.iterdir()}
     assert {"adapter_model.safetensors", "adapter_config.json", "econlm_run.json", "metrics.json", "README.md"} <= names
@@ -191,7 +191,7 @@ def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run,
     card = (dest / "README.md").read_text()
     best = json.loads((debug_run / "metrics.json").read_text())["best_step"]
     assert f"step {best}" in card and "finished: 4 steps" in card
-    # Named after its folder, with the preset it was trained with; not the default `econlm`.
+    # Named after its folder, with the preset its run record names; not the default `econlm`.
     assert card.startswith("# econlm-test\n") and "`debug` preset" in card and "--model econlm-test" in card
 
 

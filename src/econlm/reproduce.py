@@ -67,7 +67,7 @@ def fine_tuned_model(preset: Preset, train: bool, corpus_dir: Path, out_dir: Pat
 
         config = load_config(preset.train_preset, [f"data.corpus={corpus_dir}"])
         _log(f"training with preset {preset.train_preset} into {out_dir / 'train'}")
-        return ModelRef.parse(train_run(config, out_dir / "train"))
+        return ModelRef.parse(train_run(config, out_dir / "train", preset=preset.train_preset))
     if (SHIPPED_ADAPTER_DIR / "adapter_config.json").is_file():
         return ModelRef.parse(SHIPPED_ADAPTER_NAME)
     _log(f"WARNING: no shipped adapter at {SHIPPED_ADAPTER_DIR}; the fine-tuned rows will be pending")

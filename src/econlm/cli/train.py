@@ -45,8 +45,9 @@ def train(config_name: str | None, overrides: tuple[str, ...], corpus: Path | No
         from econlm.training import train as train_run
 
         extra = [f"data.corpus={corpus}"] if corpus is not None else []
-        config = load_config(config_name or DEFAULT_PRESET, [*overrides, *extra])
-        run_dir = train_run(config, out)
+        preset = config_name or DEFAULT_PRESET
+        config = load_config(preset, [*overrides, *extra])
+        run_dir = train_run(config, out, preset=preset)
     click.echo(f"run directory: {run_dir} (metrics.json, train_curve.png)")
 
 

@@ -322,8 +322,10 @@ class Run:
     optimizer: Any
     scheduler: Any
 
-    def __init__(self, config: TrainConfig, run_dir: Path, resuming: bool, progress: bool = True):
+    def __init__(self, config: TrainConfig, run_dir: Path, resuming: bool, progress: bool = True,
+                 preset: str | None = None):
         self.config = config
+        self.preset = preset
         self.run_dir = run_dir
         self.resuming = resuming
         self.progress = progress
@@ -585,6 +587,7 @@ class Run:
         atomic_write_json(self.run_dir / RUN_FILE, {
             "econlm_version": __version__,
             "created": provenance.utc_now(),
+            "preset": self.preset,
             "config": self.config.model_dump(mode="json"),
             "seed": self.config.train.seed,
             "base_model": self.base_ref,
@@ -653,9 +656,10 @@ class Run:
         })
 
 
-def train(config: TrainConfig, run_dir: str | Path, progress: bool = True) -> Path:
-    """Train a new run into `run_dir` (which must not hold a run yet)."""
-    return Run(config, Path(run_dir), resuming=False, progress=progress).fit()
+def train(config: TrainConfig, run_dir: str | Path, progress: bool = True, preset: str | None = None) -> Path:
+    """Train a new run into `run_dir` (which must not hold a run yet); `preset` (the preset name or
+    YAML path `config` was read from) is recorded in econlm_run.json for the model card."""
+    return Run(config, Path(run_dir), resuming=False, progress=progress, preset=preset).fit()
 
 
 def resume(run_dir: str | Path, progress: bool = True) -> Path:
