@@ -23,7 +23,7 @@ from pathlib import Path
 
 from econlm.backends import get_backend
 from econlm.data.templates import CLASSIFY
-from econlm.evaluate import ANSWERS, FEW_SHOTS, _chat_prompts, few_shot_examples, load_split
+from econlm.evaluate import ANSWERS, FEW_SHOTS, chat_prompts, few_shot_examples, load_split
 from econlm.io import atomic_write_json
 from econlm.paths import default_corpus
 from econlm.provenance import machine, utc_now
@@ -50,7 +50,7 @@ def main() -> None:
     papers = load_split(corpus, "validation", limit=args.papers, seed=args.seed)
     examples = few_shot_examples(corpus, "classify", FEW_SHOTS["classify"], args.seed)
     # The prompts `econlm eval --prompting few-shot` builds, by the same function.
-    conversations = _chat_prompts(CLASSIFY, "classify", [p.abstract for p in papers], examples)
+    conversations = chat_prompts(CLASSIFY, "classify", [p.abstract for p in papers], examples)
     load_at_start = os.getloadavg()
 
     backend = get_backend(args.model, n_threads=1)

@@ -276,7 +276,7 @@ def evaluate(
     return report
 
 
-def _chat_prompts(template, task: str, abstracts: Sequence[str], examples: Sequence[Paper]) -> list[Messages]:
+def chat_prompts(template, task: str, abstracts: Sequence[str], examples: Sequence[Paper]) -> list[Messages]:
     """The training chat template, with any worked examples as earlier (user, assistant) turns."""
     shown = dataclasses.replace(template, examples=tuple((template.user.format(abstract=e.abstract), _answer(task, e))
                                                          for e in examples))
@@ -293,11 +293,11 @@ def title_conversations(backend: Backend, abstracts: Sequence[str], after_catego
     constrained choice of category, then the title turn. Any other model gets the title template,
     with `examples` (few-shot) as earlier worked turns."""
     if after_category:
-        scores = backend.score_options(_chat_prompts(CLASSIFY, "classify", abstracts, []), ANSWERS)
+        scores = backend.score_options(chat_prompts(CLASSIFY, "classify", abstracts, []), ANSWERS)
         categories = [ANSWERS[max(range(len(ANSWERS)), key=row.__getitem__)] for row in scores]
         return ([[m.model_dump() for m in CLASSIFY_THEN_TITLE.prompt(first_answer=category, abstract=abstract)]
                  for abstract, category in zip(abstracts, categories)], CLASSIFY_THEN_TITLE.id)
-    return _chat_prompts(TITLE, "title", abstracts, examples), TITLE.id
+    return chat_prompts(TITLE, "title", abstracts, examples), TITLE.id
 
 
 def _uses_chat(backend, mode: str) -> bool:
@@ -323,7 +323,7 @@ def _titles(backend, papers: list[Paper], mode: str, examples: list[Paper], deco
 
 def _classify(backend, papers: list[Paper], mode: str, examples: list[Paper]):
     if _uses_chat(backend, mode):
-        conversations = _chat_prompts(CLASSIFY, "classify", [p.abstract for p in papers], examples)
+        conversations = chat_prompts(CLASSIFY, "classify", [p.abstract for p in papers], examples)
         scores = backend.score_options(conversations, ANSWERS)
         free = backend.chat(conversations, FREE_GENERATION_DECODING)
         template_id = CLASSIFY.id

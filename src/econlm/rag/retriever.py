@@ -81,9 +81,7 @@ class KeywordIndex:
     """Okapi BM25 over chunk texts, from `bm25s` (Lucene's variant: idf log(1 + (N - df + 0.5) / (df + 0.5)), k1 1.5, b 0.75).
 
     bm25s keeps each (term, chunk) weight in a sparse matrix, so a query sums a few of its columns
-    into one score per chunk. Side by side at 50k synthetic chunks (one run, load 17 on 2 cores):
-    p50 0.34 ms a query against 39 ms for the scipy matrix of rank_bm25 weights it replaces, and a
-    faster build (49 s vs 71 s with tokenising). Lucene's idf is never negative,
+    into one score per chunk (docs/assistant.md gives its speed). Lucene's idf is never negative,
     so a chunk scores above zero exactly when it shares a term with the query. Terms are turned
     into ids chunk by chunk, so a million chunks never exist as lists of strings at once.
     """
