@@ -194,6 +194,15 @@ def test_a_looping_model_is_stopped_and_its_answer_repeats_nothing(facts):
     assert rag_answer.repeats_a_sentence("Prices fell sharply. Rates rose. Prices fell sharply.")
 
 
+def test_two_claims_copied_from_one_sentence_quote_it_once(facts):
+    """A summary reply that says one passage sentence twice in other words answers with it once."""
+    reply = "Average house prices rose by 6.8 percent in 2023. House prices rose, on average, by 6.8 percent in 2023."
+    hits = facts.search("house prices 2023", k=3)
+    result = rag_answer.finalize(reply, hits, question="What are the key points of these files?")
+    assert result.text == "Average house prices rose by 6.8 percent in 2023 [facts.pdf, p. 3]."
+    assert not rag_answer.repeats_a_sentence(result.text)
+
+
 def test_a_negated_claim_the_passage_does_not_negate_is_dropped(facts):
     reply = ("The committee did not raise its policy rate to 4.5 percent [facts.pdf, p. 1]. "
              "The committee raised the policy rate by 50 basis points [facts.pdf, p. 1].")

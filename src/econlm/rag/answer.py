@@ -434,7 +434,7 @@ def finalize(text: str, hits: Sequence[Hit], question: str | None = None, embedd
     elif vague and hits:
         top_label = citation_label(hits[0].chunk)
         kept += [(q.text, q.label) for q in passage_quotes if q.label == top_label][:1]
-    kept = kept[:MAX_SENTENCES]
+    kept = list(dict.fromkeys(kept))[:MAX_SENTENCES]  # two claims copied from one sentence quote it once
     if not kept:
         return written.model_copy(update={"text": NO_ANSWER, "citations": [], "unsupported_citations": [], "attributed": []})
     body = " ".join(f"{claim.rstrip('.!?;: ')} {label}." for claim, label in kept)
