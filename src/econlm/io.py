@@ -126,6 +126,21 @@ def utf8_lines(path: str | Path) -> Iterator[tuple[int, str | None, str | None]]
                                      "econlm reads UTF-8 text")
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """A JSON file holding one object (a model folder's config.json); a broken file is a UserError
+    naming its line, as `read_jsonl` does for each line."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return value
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """Yield (line_number, object) for each non-blank line; bad JSON is a UserError naming the line."""
     path = Path(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm.errors import MissingExtraError, UserError
-from econlm.io import atomic_dir, atomic_write_json, check_out_dir, sha256_dir, sha256_file
+from econlm.io import atomic_dir, atomic_write_json, check_out_dir, read_json_object, sha256_dir, sha256_file
 from econlm.paths import econlm_home, shipped_models_dir
 
 CONVERTED_MARKER = "econlm_model.json"  # written last into a converted folder: its provenance
@@ -201,19 +201,6 @@ def shipped_adapter_dir(name: str) -> Path:
 MODEL_KINDS = ("packaged", "gguf", "hf-folder", "adapter", "hub")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A model folder's JSON object; a broken file is the user's error, named with its line."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return value
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """A model resolved once from what the user typed; every stage takes this value.
@@ -258,7 +245,7 @@ class ModelRef:
             if (path / "adapter_config.json").is_file():
                 return cls._adapter(ref, path, path.name)
             if (path / "config.json").is_file():
-                if not _read_json(path / "config.json").get("model_type"):
+                if not read_json_object(path / "config.json").get("model_type"):
                     raise UserError(f"{path}/config.json: no model_type, so transformers cannot tell which "
                                     "architecture to load")
                 return cls("hf-folder", ref, str(path.resolve()), path.name)
@@ -278,7 +265,7 @@ class ModelRef:
         run of a randomly initialised base stores it as "./base"), so the folder can be moved.
         """
         folder = folder.resolve()
-        config = _read_json(folder / "adapter_config.json")
+        config = read_json_object(folder / "adapter_config.json")
         base = config.get("base_model_name_or_path")
         if not base:
             raise UserError(f"{folder}/adapter_config.json: no base_model_name_or_path")
