@@ -252,6 +252,17 @@ def test_a_table_cell_named_by_row_and_column_is_the_answer(tmp_path):
         assert result.text == "Steel, 2022: 12.5 [tariffs.md, p. 1].", reply
 
 
+def test_a_table_caption_is_not_quoted_as_a_sentence():
+    """A caption of seven words or more above a table states nothing; the rows and the prose around it do."""
+    text = ("Hourly earnings rose in every industry.\n\nTable 2: Average hourly earnings by industry and year\n\n"
+            "| Industry | 2022 | 2023 |\n|---|---|---|\n| Steel | 12.5 | 13.1 |\n\n"
+            "Earnings grew fastest in steel.\nA long line that ends without punctuation but leads no table")
+    quoted = [q.text for q in rag_answer.quotes(_hits(text))]
+    assert quoted == ["Hourly earnings rose in every industry.",
+                      "Earnings grew fastest in steel.", "A long line that ends without punctuation but leads no table",
+                      "Steel: 2022 12.5; 2023 13.1"]
+
+
 def test_without_the_question_held_claims_are_kept_and_the_rest_dropped(facts):
     hits = facts.search("policy rate survey firms", k=3)
     reply = "The committee raised the policy rate by 50 basis points. The moon is made of cheese and bank notes."

@@ -114,8 +114,8 @@ def test_recipe_fields_are_checked_where_declared(small_corpus):
 # stopping step is read from the log, not assumed), well before max_steps.
 EARLY = ["train.max_steps=16", "train.eval_every=1", "train.checkpoint_every=1", "train.keep_checkpoints=20",
          "train.early_stopping_patience=2", "train.learning_rate=0.1", "train.warmup_ratio=0",
-         "data.max_train_examples_per_task=2", "train.loss_average=task", "data.sequences=classify-then-title",
-         "lora.dropout=0"]
+         "data.max_train_examples_per_task=2", "train.loss_average=task", "train.task_loss_weights={classify: 3.0}",
+         "data.sequences=classify-then-title", "lora.dropout=0"]
 
 
 def _evaluations(run) -> list[dict]:
@@ -131,6 +131,8 @@ def early_run(small_corpus, tmp_path_factory):
 def test_early_stopping_stops_at_the_right_evaluation_and_ships_the_best(early_run):
     evals = _evaluations(early_run)
     best_step, best, stop = None, float("inf"), None
+    for row in evals:  # the mean the run is chosen by weights the tasks as its training loss does
+        assert row["val_loss_mean"] == pytest.approx((row["val_loss"]["title"] + 3 * row["val_loss"]["classify"]) / 4)
     for row in evals:  # by hand: the first evaluation that is the 2nd in a row without a new minimum
         if row["val_loss_mean"] < best:
             best, best_step, misses = row["val_loss_mean"], row["step"], 0

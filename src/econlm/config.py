@@ -159,7 +159,8 @@ class TrainSettings(_Section):
         None, description="Task -> weight of its mean loss under loss_average=task (default 1 each).")
     eval_every: int = Field(100, ge=1, description="Validation loss every N steps (and at the end); the best adapter is kept.")
     early_stopping_patience: int | None = Field(
-        None, ge=1, description="Stop once this many evaluations in a row did not lower the mean validation loss; "
+        None, ge=1, description="Stop once this many evaluations in a row did not lower the mean validation loss (weighted by "
+        "task_loss_weights); "
         "the best adapter is the run's (null: train all steps).",
     )
     checkpoint_every: int = Field(100, ge=1, description="Write a resumable checkpoint every N steps (and at the end).")

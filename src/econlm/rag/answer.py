@@ -253,12 +253,15 @@ def _quote(text: str, label: str, cells: tuple[tuple[str, str], ...] = ()) -> Qu
 
 
 def _paragraphs(text: str) -> Iterator[str]:
-    """Prose with its line breaks joined, without headings: a short line without closing punctuation
-    after a sentence's end ("Policy rate decisions") names a section and states nothing."""
+    """Prose with its line breaks joined, without headings: a line without closing punctuation after
+    a sentence's end names a section when it is short ("Policy rate decisions") or a table follows it
+    ("Table 2: Average hourly earnings by industry and year"), and states nothing."""
+    rows = [line.strip() for line in text.splitlines()]
     lines: list[str] = []
-    for line in (line.strip() for line in text.splitlines()):
+    for at, line in enumerate(rows):
         ended = not lines or lines[-1].endswith((".", "!", "?"))
-        if not line or line.startswith("|") or (ended and len(line.split()) <= 6 and not line.endswith((".", ",", ";", ":"))):
+        heading = ended and not line.endswith((".", ",", ";", ":")) and (len(line.split()) <= 6 or _above_table(rows, at))
+        if not line or line.startswith("|") or heading:
             if lines:
                 yield " ".join(lines)
             lines = []
@@ -266,6 +269,10 @@ def _paragraphs(text: str) -> Iterator[str]:
             lines.append(line)
     if lines:
         yield " ".join(lines)
+
+
+def _above_table(rows: list[str], at: int) -> bool:
+    return next((row for row in rows[at + 1:] if row), "").startswith("|")
 
 
 def quotes(hits: Sequence[Hit]) -> list[Quote]:

@@ -44,7 +44,7 @@ class TrainState:
     fields): with the weights, optimizer, scheduler and RNG states, all that resuming needs."""
 
     step: int = 0
-    best_val_loss: float | None = None  # mean over tasks
+    best_val_loss: float | None = None  # mean over tasks, weighted by train.task_loss_weights
     best_step: int | None = None
     best_val_loss_per_task: dict[str, float] | None = None
     train_seconds: float = 0.0

@@ -541,10 +541,12 @@ class Run:
 
     def _evaluate(self) -> float:
         """Validation loss per task; the best adapter so far is kept at the run directory's top level.
-        Returns the mean over tasks."""
+        Returns their mean, weighted by train.task_loss_weights as the training loss is: a second stage
+        that weights Q&A twice is chosen by its Q&A loss twice, not by its replay tasks' alike."""
         val = validation_loss(self.unwrapped, self.val_encoded, self.config.train.micro_batch_tokens,
                               self.tokenizer.pad_token_id, self.amp_dtype, self.accelerator.device, self.accelerator)
-        mean = sum(val.values()) / len(val)
+        weights = {task: (self.config.train.task_loss_weights or {}).get(task, 1.0) for task in val}
+        mean = sum(weights[task] * loss for task, loss in val.items()) / sum(weights.values())
         state = self.state
         improved = state.best_val_loss is None or mean < state.best_val_loss
         if improved:
