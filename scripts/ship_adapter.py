@@ -22,6 +22,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+from econlm.config import load_config
 from econlm.io import atomic_dir
 from econlm.models import DEFAULT_SHIPPED_ADAPTER, REGISTRY, SHIPPED_ADAPTER_NAME, SHIPPED_ADAPTERS_ROOT
 
@@ -49,8 +50,26 @@ def base_display_name(run: dict) -> str:
     return REGISTRY[base].hub_id.split("/")[-1] if base in REGISTRY else base
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {prefix + key: value})
+    return out
+
+
+def changed_from_preset(preset: str, config: dict) -> list[str]:
+    """The run's fields set away from its preset (`--set`), so that the card says what ran; fields the
+    preset leaves unset (the corpus, resolved at run time) are not changes."""
+    wanted = _flat(load_config(preset).model_dump(mode="json"))
+    ran = _flat(config)
+    return [f"{key}={json.dumps(ran[key])}" for key in sorted(ran)
+            if wanted.get(key) is not None and ran[key] != wanted[key]]
+
+
 def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
     config = run["config"]
+    changed = changed_from_preset(preset, config)
+    with_changes = f" with {', '.join(f'`{c}`' for c in changed)}" if changed else ""
     targets = config["lora"]["target_modules"]
     layers = "all linear layers" if targets == "all-linear" else "layers " + ", ".join(targets)
     tasks = ", ".join(f"{task} x{weight:g}" for task, weight in config["data"]["tasks"].items())
@@ -69,7 +88,7 @@ def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_
 
 LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, {layers}) for
 {base_display_name(run)} (base model sha256 `{run['base_model_hash']}`), trained by econlm with the
-`{preset}` preset on the arXiv economics train split: tasks {tasks}
+`{preset}` preset{with_changes} on the arXiv economics train split: tasks {tasks}
 (templates {', '.join(run['templates'].values())}).
 
 - Training state: {state}.{start}
