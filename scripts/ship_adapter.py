@@ -58,12 +58,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def changed_from_preset(preset: str, config: dict) -> list[str]:
-    """The run's fields set away from its preset (`--set`), so that the card says what ran; fields the
-    preset leaves unset (the corpus, resolved at run time) are not changes."""
+    """The run's fields set away from its preset (`--set`), so that the card says what ran; the corpus,
+    which a run resolves from --corpus and records by hash, is not a change."""
     wanted = _flat(load_config(preset).model_dump(mode="json"))
     ran = _flat(config)
-    return [f"{key}={json.dumps(ran[key])}" for key in sorted(ran)
-            if wanted.get(key) is not None and ran[key] != wanted[key]]
+    return [f"{key}={json.dumps(ran[key])}" for key in sorted(ran) if key != "data.corpus" and ran[key] != wanted.get(key)]
 
 
 def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
@@ -89,7 +88,7 @@ def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_
 LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, {layers}) for
 {base_display_name(run)} (base model sha256 `{run['base_model_hash']}`), trained by econlm with the
 `{preset}` preset{with_changes} on the arXiv economics train split: tasks {tasks}
-(templates {', '.join(run['templates'].values())}).
+(templates {', '.join(dict.fromkeys(run['templates'].values()))}).
 
 - Training state: {state}.{start}
 - Chosen checkpoint: step {metrics['best_step']} (lowest mean validation loss {metrics['best_val_loss_mean']:.4f};

@@ -193,7 +193,7 @@ def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run,
     assert f"step {best}" in card and "finished: 4 steps" in card
     # Named after its folder, with the preset its run record names; not the default `econlm`.
     assert card.startswith("# econlm-test\n") and "--model econlm-test" in card
-    # The fields its run set away from the preset are named (the corpus, unset in the preset, is not a change).
+    # The fields its run set away from the preset are named (the corpus, resolved at run time, is not a change).
     assert "`debug` preset with `train.eval_every=2`, `train.max_steps=4` on" in card
 
 
