@@ -243,6 +243,11 @@ def collate(items: Sequence[Encoded], packed: bool, pad_id: int) -> dict:
     return {"input_ids": ids, "attention_mask": attention, "label_mask": labels}
 
 
+def task_weight(task_weights: dict[str, float] | None, task: str) -> float:
+    """A task's loss weight (`train.task_loss_weights`, 1 for a task it does not name)."""
+    return (task_weights or {}).get(task, 1.0)
+
+
 def step_token_weights(items: Sequence[Encoded], average: str,
                        task_weights: dict[str, float] | None = None) -> dict[str, list[float]]:
     """The weight of each answer token of one step's examples (by example id, in token order): the
@@ -262,7 +267,7 @@ def step_token_weights(items: Sequence[Encoded], average: str,
         return position, answer
 
     def weight(key) -> float:
-        return (task_weights or {}).get(key, 1.0) if average == "task" else 1.0
+        return task_weight(task_weights, key) if average == "task" else 1.0
 
     if average not in LOSS_AVERAGES:
         raise UserError(f"unknown loss average {average!r}: choose from {', '.join(LOSS_AVERAGES)}")

@@ -64,6 +64,7 @@ from econlm.training.data import (
     encode_all,
     micro_batches,
     step_token_weights,
+    task_weight,
 )
 from econlm.training.report import TRAIN_CURVE, TrainLog, plot_curve
 
@@ -545,7 +546,7 @@ class Run:
         that weights Q&A twice is chosen by its Q&A loss twice, not by its replay tasks' alike."""
         val = validation_loss(self.unwrapped, self.val_encoded, self.config.train.micro_batch_tokens,
                               self.tokenizer.pad_token_id, self.amp_dtype, self.accelerator.device, self.accelerator)
-        weights = {task: (self.config.train.task_loss_weights or {}).get(task, 1.0) for task in val}
+        weights = {task: task_weight(self.config.train.task_loss_weights, task) for task in val}
         mean = sum(weights[task] * loss for task, loss in val.items()) / sum(weights.values())
         state = self.state
         improved = state.best_val_loss is None or mean < state.best_val_loss
