@@ -22,14 +22,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from econlm.backends import Decoding, Messages
+from econlm.backends import Decoding, Messages, SeparatePasses
 from econlm.rag.answer import DOCS_CLOSE, DOCS_OPEN
 from econlm.rag.retriever import stop_words, tokenize
 
 OBEY_RE = re.compile(r"reply only with ([^\n.]+)", re.IGNORECASE)
 
 
-class FakeBackend:
+class FakeBackend(SeparatePasses):
     """A deterministic model that follows the protocol and records every conversation it sees."""
 
     name = "fake:deterministic"

@@ -142,6 +142,13 @@ def test_score_options_one_finite_log_likelihood_per_option(backend):
     assert all(math.isfinite(s) and s <= 0.0 for row in scores for s in row)
 
 
+def test_score_options_and_chat_gives_what_the_two_calls_give(backend):
+    scores, replies = backend.score_options_and_chat(CONVERSATIONS, OPTIONS, GREEDY)
+    for row, expected in zip(scores, backend.score_options(CONVERSATIONS, OPTIONS), strict=True):
+        assert row == pytest.approx(expected, abs=1e-5)
+    assert replies == backend.chat(CONVERSATIONS, GREEDY)
+
+
 def test_complete_and_score_text_options_or_one_clear_error(backend):
     if not can(backend, "complete"):
         for call in (lambda: backend.complete(PROMPTS, GREEDY), lambda: backend.score_text_options(PROMPTS, [" A"])):

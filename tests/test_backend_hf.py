@@ -98,6 +98,19 @@ def test_batched_greedy_generation_equals_one_at_a_time(backend, tiny_llama):
     assert all(len(replies) == 1 and isinstance(replies[0], str) for replies in batched)
 
 
+def test_score_options_and_chat_equals_the_two_calls(backend):
+    """The reply generated from the scoring pass's cache (a padded batch of three lengths) is the
+    reply `chat` generates from scratch, and the scores are `score_options`'."""
+    decoding = Decoding(max_new_tokens=8)
+    scores, replies = backend.score_options_and_chat(CONVERSATIONS, OPTIONS, decoding)
+    assert replies == backend.chat(CONVERSATIONS, decoding)
+    assert scores == backend.score_options(CONVERSATIONS, OPTIONS)
+    sampled = Decoding(max_new_tokens=6, temperature=1.0, seed=7)
+    assert backend.score_options_and_chat(CONVERSATIONS, OPTIONS, sampled)[1] == backend.chat(CONVERSATIONS, sampled)
+    with pytest.raises(ValueError):
+        backend.score_options_and_chat(CONVERSATIONS, OPTIONS, Decoding(num_return_sequences=2, temperature=1.0))
+
+
 def test_sampling_returns_the_requested_number_of_sequences_reproducibly(backend):
     decoding = Decoding(max_new_tokens=6, temperature=1.0, num_return_sequences=3, seed=7)
     first = backend.chat(CONVERSATIONS[:2], decoding)

@@ -154,6 +154,17 @@ def test_cli_eval_writes_the_files(tiny_llama, small_corpus, tmp_path):
                                                              ".econlm-output.json"}
 
 
+def test_bench_eval_compares_each_pair_of_contenders_on_the_same_output(tiny_llama, small_corpus, tmp_path):
+    result = run_cli("bench", "eval", "--model", str(tiny_llama), "--corpus", str(small_corpus), "-n", "3",
+                     "--batch-size", "2", "--max-new-tokens", "4", "--out", str(tmp_path / "eval.json"))
+    assert result.returncode == 0, result.stderr
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["title_generation"]["identical_titles"] == "3/3"
+    shared = saved["classification_scores_and_free_reply"]
+    assert shared["identical_free_replies"] == "3/3" and shared["max_abs_logprob_difference"] < 1e-4
+    assert shared["speedup"] > 0 and shared["free_generation_max_new_tokens"] == evaluate.FREE_GENERATION_DECODING.max_new_tokens
+
+
 def _train_ids(corpus) -> dict[str, dict]:
     return {row["arxiv_id"]: row for row in map(json.loads, (corpus / "train.jsonl").read_text().splitlines())}
 

@@ -324,8 +324,7 @@ def _titles(backend, papers: list[Paper], mode: str, examples: list[Paper], deco
 def _classify(backend, papers: list[Paper], mode: str, examples: list[Paper]):
     if _uses_chat(backend, mode):
         conversations = chat_prompts(CLASSIFY, "classify", [p.abstract for p in papers], examples)
-        scores = backend.score_options(conversations, ANSWERS)
-        free = backend.chat(conversations, FREE_GENERATION_DECODING)
+        scores, free = backend.score_options_and_chat(conversations, ANSWERS, FREE_GENERATION_DECODING)
         template_id = CLASSIFY.id
     else:
         worked = [(e.abstract, LABEL_TO_ANSWER[e.primary_category]) for e in examples]

@@ -105,6 +105,21 @@ class Backend(Protocol):
         """Log-likelihood of each option string right after each plain-text prefix (base models)."""
         ...
 
+    def score_options_and_chat(self, conversations: Sequence[Messages], options: Sequence[str],
+                               decoding: Decoding = Decoding()) -> tuple[list[list[float]], list[list[str]]]:
+        """`score_options` and `chat` (one reply each) of the same conversations, as classification
+        evaluation asks for both; an engine that can keep a prompt's KV cache evaluates it once."""
+        ...
+
+
+class SeparatePasses:
+    """`score_options_and_chat` as its two calls, for an engine that keeps no prompt cache between
+    scoring and generation (llama.cpp scores on its own context; an endpoint holds its own)."""
+
+    def score_options_and_chat(self, conversations: Sequence[Messages], options: Sequence[str],
+                               decoding: Decoding = Decoding()) -> tuple[list[list[float]], list[list[str]]]:
+        return self.score_options(conversations, options), self.chat(conversations, decoding)
+
 
 @dataclass(frozen=True)
 class Engine:

@@ -7,11 +7,13 @@ chat template (Gemma-3-270M) use the completion-style `complete` / `score_text_o
 
 Batches are LEFT-padded with position ids taken from the attention mask, so padding does not
 change any result. Constrained scoring runs each prompt once, keeps its KV cache, and scores all
-options in one more pass over the repeated cache (the prompt is ~100x longer than an option).
+options in one more pass over the repeated cache (the prompt is ~100x longer than an option);
+`score_options_and_chat` generates the free reply from that same cache.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import threading
@@ -218,6 +220,18 @@ class TransformersBackend:
 
     def score_options(self, conversations: Sequence[Messages], options: Sequence[str]) -> list[list[float]]:
         """Sum log-prob of each option as the assistant reply (option + end-of-turn token)."""
+        return self._score(*self._option_rows(conversations, options))[0]
+
+    def score_options_and_chat(self, conversations: Sequence[Messages], options: Sequence[str],
+                               decoding: Decoding = Decoding()) -> tuple[list[list[float]], list[list[str]]]:
+        """`score_options` and `chat` with each prompt evaluated once: the reply is generated from
+        the scoring pass's KV cache (the prompt is most of the work of both)."""
+        if decoding.num_return_sequences != 1 or decoding.num_beams != 1:
+            raise ValueError("score_options_and_chat generates one reply per conversation, without beams")
+        return self._score(*self._option_rows(conversations, options), generation=decoding)
+
+    def _option_rows(self, conversations: Sequence[Messages], options: Sequence[str]) -> tuple[list[list[int]], list[list[list[int]]]]:
+        """Each conversation's prompt tokens, and each option's reply tokens after it."""
         prompts, continuations = [], []
         for conversation in conversations:
             prompt_text = self.chat_prompt(conversation)
@@ -235,7 +249,7 @@ class TransformersBackend:
                 rows.append(self._continuation_ids(prompt_text, full_text, prompt_ids, add_special_tokens=False))
             prompts.append(prompt_ids)
             continuations.append(rows)
-        return self._score(prompts, continuations)
+        return prompts, continuations
 
     def score_text_options(self, prefixes: Sequence[str], options: Sequence[str]) -> list[list[float]]:
         """Sum log-prob of each option string right after each plain-text prefix (base models)."""
@@ -246,15 +260,20 @@ class TransformersBackend:
                 [self._continuation_ids(prefix, prefix + option, prompt_ids, add_special_tokens=True) for option in options]
             )
             prompts.append(prompt_ids)
-        return self._score(prompts, continuations)
+        return self._score(prompts, continuations)[0]
 
-    def _score(self, prompts: list[list[int]], continuations: list[list[list[int]]]) -> list[list[float]]:
-        """One pass over each batch of prompts, then one over all their options on the shared cache."""
+    def _score(self, prompts: list[list[int]], continuations: list[list[list[int]]],
+               generation: Decoding | None = None) -> tuple[list[list[float]], list[list[str]]]:
+        """One pass over each batch of prompts, then one over all their options on the shared cache;
+        with `generation`, also each prompt's reply, generated from a copy of that cache."""
         import torch
 
         results: list[list[float]] = [[] for _ in prompts]
+        replies: list[list[str]] = [[] for _ in prompts] if generation is not None else []
         if not prompts:
-            return results
+            return results, replies
+        if generation is not None and not generation.greedy:
+            torch.manual_seed(generation.seed)
         n_options = len(continuations[0])
         for batch in self._batches([len(p) for p in prompts], "score"):
             ids, mask, positions = self._left_pad([prompts[i] for i in batch])
@@ -264,6 +283,10 @@ class TransformersBackend:
                 )
                 first_logprobs = out.logits[:, -1].float().log_softmax(-1).repeat_interleave(n_options, 0)
                 cache = out.cache if hasattr(out, "cache") else out.past_key_values
+                if generation is not None:
+                    texts = self._generate_from_cache(ids, mask, cache, generation)
+                    for k, i in enumerate(batch):
+                        replies[i] = [texts[k]]
                 cache.batch_repeat_interleave(n_options)
 
                 # Options right-padded: padding after the real tokens cannot affect them.
@@ -291,7 +314,17 @@ class TransformersBackend:
                 sums = token_logprobs.sum(-1).tolist()
             for k, i in enumerate(batch):
                 results[i] = sums[k * n_options: (k + 1) * n_options]
-        return results
+        return results, replies
+
+    def _generate_from_cache(self, ids, mask, prompt_cache, decoding: Decoding) -> list[str]:
+        """Replies to a left-padded prompt batch whose KV cache is already computed. generate()
+        resumes from a cache only with input left to run, so it gets a copy cropped by the last
+        position and computes that one token again."""
+        cache = copy.deepcopy(prompt_cache)
+        cache.crop(-1)
+        out = self.model.generate(input_ids=ids, attention_mask=mask, **{self._cache_arg: cache},
+                                  **self._generation_kwargs(decoding, ()))
+        return self.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
 def _cut(text: str, stop: tuple[str, ...]) -> str:

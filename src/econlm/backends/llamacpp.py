@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from econlm.backends import Decoding, Messages
+from econlm.backends import Decoding, Messages, SeparatePasses
 from econlm.errors import MissingExtraError, UserError
 from econlm.models import ModelRef
 
@@ -54,7 +54,7 @@ def _import_llama_cpp():
     return llama_cpp
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(SeparatePasses):
     """Generation and scoring with llama.cpp over one GGUF file."""
 
     def __init__(self, model_ref: ModelRef, n_ctx: int | None = None, n_threads: int | None = None, progress: bool = False):

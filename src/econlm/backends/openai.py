@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from econlm.backends import Decoding, Messages
+from econlm.backends import Decoding, Messages, SeparatePasses
 from econlm.errors import UserError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -37,7 +37,7 @@ RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 TOP_LOGPROBS = 20  # the most OpenAI allows
 
 
-class OpenAIBackend:
+class OpenAIBackend(SeparatePasses):
     """A model served behind a chat endpoint: it chats, streams and scores chat options; the
     prompt text, its tokens and plain-text prompts stay on the server, so those calls are errors."""
 

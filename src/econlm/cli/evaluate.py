@@ -153,7 +153,8 @@ def report(run_dirs, title, notes, out):
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="A .json file, or a directory that gets eval-<timestamp>.json.")
 def bench_eval_(corpus, spec, n, batch_size, max_new_tokens, out):
-    """Titles/s of batched generation vs one-at-a-time generate; classification examples/s.
+    """Titles/s of batched generation vs one-at-a-time generate; classification examples/s (scoring
+    batched vs one at a time; scores plus free reply from one prompt pass vs two).
 
     Reads the first N test abstracts of CORPUS and the model; writes a JSON result to OUT.
     """
@@ -164,7 +165,8 @@ def bench_eval_(corpus, spec, n, batch_size, max_new_tokens, out):
 
     result = bench_eval(spec.model, resolve_corpus(corpus), n=n, batch_size=batch_size, max_new_tokens=max_new_tokens)
     path = write_result(out, "eval", result)
-    click.echo(json.dumps({k: result[k] for k in ("title_generation", "classification_constrained_scoring")}, indent=2))
+    click.echo(json.dumps({k: result[k] for k in ("title_generation", "classification_constrained_scoring",
+                                                  "classification_scores_and_free_reply")}, indent=2))
     click.echo(f"wrote {path}")
 
 
