@@ -24,6 +24,7 @@ from pathlib import Path
 
 from econlm.config import load_config
 from econlm.io import atomic_dir
+from econlm.paths import package_data
 from econlm.models import DEFAULT_SHIPPED_ADAPTER, REGISTRY, SHIPPED_ADAPTER_NAME, SHIPPED_ADAPTERS_ROOT
 
 SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "tokenizer.json",
@@ -57,12 +58,26 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def _same_packaged_file(ran: object, wanted: object) -> bool:
+    """Whether a run's path names the file its preset names inside the package, in whatever checkout
+    the run came from (a preset's paths resolve from the preset file: /a/src/econlm/datasets/x in
+    one tree, /b/src/econlm/datasets/x in another)."""
+    if not (isinstance(ran, str) and isinstance(wanted, str)):
+        return False
+    try:
+        inside = Path(wanted).relative_to(package_data(""))
+    except ValueError:
+        return False
+    return Path(ran).parts[-len(inside.parts) - 1:] == ("econlm", *inside.parts)
+
+
 def changed_from_preset(preset: str, config: dict) -> list[str]:
     """The run's fields set away from its preset (`--set`), so that the card says what ran; the corpus,
     which a run resolves from --corpus and records by hash, is not a change."""
     wanted = _flat(load_config(preset).model_dump(mode="json"))
     ran = _flat(config)
-    return [f"{key}={json.dumps(ran[key])}" for key in sorted(ran) if key != "data.corpus" and ran[key] != wanted.get(key)]
+    return [f"{key}={json.dumps(ran[key])}" for key in sorted(ran)
+            if key != "data.corpus" and ran[key] != wanted.get(key) and not _same_packaged_file(ran[key], wanted.get(key))]
 
 
 def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_per_s: float) -> str:

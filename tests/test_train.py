@@ -197,6 +197,22 @@ def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run,
     assert "`debug` preset with `train.eval_every=2`, `train.max_steps=4` on" in card
 
 
+def test_the_model_card_counts_a_packaged_file_of_another_checkout_as_the_presets(tmp_path):
+    """A run trained from another checkout records that checkout's copy of the preset's Q&A file:
+    the same file, not a change; a file outside any econlm package is one."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_adapter.py"
+    spec = importlib.util.spec_from_file_location("ship_adapter", script)
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    config = load_config("cpu-smollm2-lora").model_dump(mode="json")
+    config["data"]["qa_file"] = str(tmp_path / "other-tree" / "src" / "econlm" / "datasets" / "qa" / "econ-qa.jsonl")
+    assert ship.changed_from_preset("cpu-smollm2-lora", config) == []
+    config["data"]["qa_file"] = str(tmp_path / "econ-qa.jsonl")
+    assert ship.changed_from_preset("cpu-smollm2-lora", config) == [f'data.qa_file="{tmp_path / "econ-qa.jsonl"}"']
+
+
 def test_a_finished_run_is_not_overwritten(debug_run):
     from econlm.errors import UserError
 
