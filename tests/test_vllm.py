@@ -311,3 +311,20 @@ def test_bad_requests_get_4xx_and_the_server_keeps_serving(vllm_server, client, 
     assert "error" in response.json() or "detail" in response.json()
     reply = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0)
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_bench_serve_empties_vllms_prefix_cache_before_every_round(home, small_corpus, tmp_path):
+    """The rounds repeat their prompts: each starts on an empty prefix cache, so no round is served
+    from the KV an earlier one left."""
+    if not vllm_installed():
+        pytest.skip(f"vLLM's virtualenv is absent ({sys.prefix}-vllm, or $ECONLM_VLLM_PYTHON): make install-vllm")
+    from econlm.bench.serve import run_serve_bench
+
+    result = run_serve_bench(ModelRef.parse("econlm"), small_corpus, n_prompts=2, concurrency=(1, 2), max_tokens=2,
+                             engines=("vllm",), log_dir=tmp_path / "logs")
+    assert result["vllm_prefix_cache"] == "emptied before every measured round"
+    for level in ("c1", "c2"):
+        row = result["engines"]["vllm"][level]
+        assert (row["ok"], row["lost"]) == (2, 0), row
+    assert (tmp_path / "logs" / "vllm.log").read_text().count("Resetting prefix cache") == 2

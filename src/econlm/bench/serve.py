@@ -13,7 +13,13 @@ concurrency: aggregate generated tokens/s (the replies re-tokenised by the model
 same count for every engine), requests/s, p50/p95 latency and time to first token, lost requests,
 and the share of prompts whose title equals greedy transformers' (the transformers engine at the
 first concurrency). Before the measured rounds every engine gets one uncounted round of
-max(concurrency) requests.
+max(concurrency) requests, on the test abstracts after the measured ones.
+
+The rounds repeat the same prompts, and vLLM's prefix cache would serve a repeated prompt from the
+KV it kept from an earlier round (the one-at-a-time servers keep at most the previous request's):
+so vLLM runs with its development endpoints on (`VLLM_SERVER_DEV_MODE=1`) and its prefix cache is
+emptied before every measured round. Within a round it caches as a user's server does (the shared
+system prompt).
 """
 
 from __future__ import annotations
@@ -56,8 +62,8 @@ def engine_command(engine: str, model: ModelRef, port: int, threads: int | None 
 class EngineServer:
     """One `econlm serve` process for the duration of a `with` block; its log goes to `log_path`."""
 
-    def __init__(self, command: list[str], port: int, log_path: Path):
-        self.command, self.port, self.log_path = command, port, log_path
+    def __init__(self, command: list[str], port: int, log_path: Path, env: dict[str, str] | None = None):
+        self.command, self.port, self.log_path, self.env = command, port, log_path, env
         self.base_url = f"http://127.0.0.1:{port}/v1"
 
     def __enter__(self) -> Self:
@@ -65,7 +71,7 @@ class EngineServer:
 
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         started = time.monotonic()
         while True:
             if self.process.poll() is not None:
@@ -90,6 +96,20 @@ class EngineServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def empty_vllm_prefix_cache(port: int, api_key: str | None = None) -> None:
+    """POST vLLM's /reset_prefix_cache (a development endpoint); it answers success=false while
+    blocks are still held by finishing requests, so it is asked again for a while."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    for _ in range(30):
+        response = httpx.post(f"http://127.0.0.1:{port}/reset_prefix_cache", headers=headers, timeout=60)
+        if response.status_code == 200 and response.json().get("success"):
+            return
+        time.sleep(1)
+    raise UserError(f"vLLM on port {port} did not empty its prefix cache (last answer: HTTP {response.status_code} {response.text[:200]})")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -207,9 +227,11 @@ def run_serve_bench(
         raise UserError(f"unknown engines {', '.join(unknown)} (choose from {', '.join(ENGINES)})")
     if REFERENCE_ENGINE in engines:  # the reference titles first, so every other engine is compared as it runs
         engines = (REFERENCE_ENGINE, *(e for e in engines if e != REFERENCE_ENGINE))
-    conversations = title_prompts(corpus, n_prompts)
-    if len(conversations) < n_prompts:
-        raise UserError(f"{corpus}/test.jsonl has {len(conversations)} papers, fewer than --prompts {n_prompts}")
+    conversations = title_prompts(corpus, n_prompts + max(concurrency))
+    if len(conversations) < n_prompts + max(concurrency):
+        raise UserError(f"{corpus}/test.jsonl has {len(conversations)} papers, fewer than --prompts {n_prompts} "
+                        f"plus the {max(concurrency)} of the warm-up round")
+    conversations, warm_up = conversations[:n_prompts], conversations[n_prompts:]
     tokenizer = load_tokenizer(model)
 
     def count_tokens(text: str) -> int:
@@ -223,11 +245,14 @@ def run_serve_bench(
     for engine in engines:
         port = free_port()
         command = engine_command(engine, model, port, threads)
-        with EngineServer(command, port, log_dir / f"{engine}.log") as server:
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1"} if engine == "vllm" else None
+        with EngineServer(command, port, log_dir / f"{engine}.log", env) as server:
             rows: dict[str, Any] = {"command": " ".join(command[1:]), "startup_s": round(server.startup_s, 1)}
             # Warm-up, not counted: vLLM's first step at each batch size is slow (kernels set up per shape).
-            stream_requests(server.base_url, conversations[:max(concurrency)], max(concurrency), max_tokens, api_key)
+            stream_requests(server.base_url, warm_up, max(concurrency), max_tokens, api_key)
             for c in concurrency:
+                if engine == "vllm":
+                    empty_vllm_prefix_cache(port, api_key)
                 records, wall = stream_requests(server.base_url, conversations, c, max_tokens, api_key,
                                                 progress=f"{engine} c={c}")
                 if engine == REFERENCE_ENGINE and reference is None:
@@ -237,7 +262,9 @@ def run_serve_bench(
     result: dict[str, Any] = {
         "model": model.text,
         "model_hash": model.hash,
-        "prompts": {"task": "title", "n": n_prompts, "split": "test", "corpus": str(corpus)},
+        "prompts": {"task": "title", "n": n_prompts, "split": "test", "corpus": str(corpus),
+                    "warm_up": f"test abstracts {n_prompts + 1}-{n_prompts + len(warm_up)}, not measured"},
+        "vllm_prefix_cache": "emptied before every measured round",
         "decoding": {"greedy": True, "max_tokens": max_tokens, "stream": True},
         "concurrency": list(concurrency),
         "threads": threads,
