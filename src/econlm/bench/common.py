@@ -1,8 +1,9 @@
-"""Shared measurement helpers for the benchmarks: peak RSS and result files (which carry the same
+"""Shared measurement helpers for the benchmarks: peak RSS, the load average, and result files (which carry the same
 versions, date and machine as every other record, from `econlm.provenance`)."""
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 from datetime import datetime, timezone
@@ -22,6 +23,12 @@ def peak_rss_mb() -> float:
     except (OSError, StopIteration):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
         return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages, rounded: recorded with every result, as a timing is
+    only honest when nothing else heavy shares the cores."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def write_result(out: str | Path, name: str, result: dict) -> Path:

@@ -12,7 +12,6 @@ plus the free-generation reply, from one prompt pass (`score_options_and_chat`) 
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,11 @@ def bench_eval(model: ModelRef, corpus_dir: str | Path, n: int = 32, batch_size:
                dtype: str = "float32") -> dict[str, Any]:
     """Measure both tasks at batch size `batch_size` and 1; returns the result dict."""
     from econlm.backends.hf import TransformersBackend
-    from econlm.bench.common import peak_rss_mb
+    from econlm.bench.common import load_average, peak_rss_mb
     from econlm.data.templates import CLASSIFY, TITLE
     from econlm.evaluate import ANSWERS, FREE_GENERATION_DECODING, first_line, load_split
 
-    load_at_start = os.getloadavg()
+    load_at_start = load_average()
     papers = load_split(corpus_dir, "test")[:n]
     backend = TransformersBackend(model, dtype=dtype, batch_size=batch_size)
     decoding = Decoding(max_new_tokens=max_new_tokens)
@@ -87,6 +86,6 @@ def bench_eval(model: ModelRef, corpus_dir: str | Path, n: int = 32, batch_size:
             "free_generation_max_new_tokens": FREE_GENERATION_DECODING.max_new_tokens,
         },
         "peak_rss_mb": peak_rss_mb(),
-        "load_average_at_start": [round(x, 2) for x in load_at_start],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_average(),
     }

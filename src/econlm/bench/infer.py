@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from econlm.bench.common import peak_rss_mb
+from econlm.bench.common import load_average, peak_rss_mb
 from econlm.models import ModelRef
 
 ENGINES = ("hf-fp32", "hf-bf16", "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_k_m")
@@ -194,7 +194,7 @@ def run_infer_bench(
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         raise UserError(f"unknown engines {', '.join(unknown)} (choose from {', '.join(ENGINES)})")
-    load_at_start = os.getloadavg()
+    load_at_start = load_average()
     conversations = title_prompts(corpus, n_prompts)
     tokenizer = load_tokenizer(model_ref)
     prompts = [
@@ -227,7 +227,7 @@ def run_infer_bench(
                     "mean_prompt_tokens": round(statistics.mean(prompt_lengths), 1)},
         "decoding": {"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": 1, "threads": os.cpu_count()},
         "copy_bandwidth_gb_per_s": round(bandwidth / 1e9, 2),
-        "load_average_at_start": [round(x, 2) for x in load_at_start],
+        "load_average_at_start": load_at_start,
         "engines": results,
     }
     if "hf-fp32" in results and "llamacpp-q8_0" in results:

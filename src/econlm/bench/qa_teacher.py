@@ -207,7 +207,7 @@ def run_qa_teacher_bench(
     (complete: false until the last round) and a folder beside it with each teacher's pairs."""
     import contextlib
 
-    from econlm.bench.common import write_result
+    from econlm.bench.common import load_average, write_result
     from econlm.bench.serve import EngineServer
     from econlm.vllm_engine import free_port
 
@@ -219,7 +219,7 @@ def run_qa_teacher_bench(
     # OpenMP settings the servers inherit: llama.cpp's ggml runs as many threads as OpenMP lets it.
     thread_env = {k: os.environ[k] for k in ("OMP_THREAD_LIMIT", "OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}
     header: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "thread_environment": thread_env,
-                              "load_average_at_start": [round(x, 2) for x in os.getloadavg()], "servers": {}}
+                              "load_average_at_start": load_average(), "servers": {}}
     with contextlib.ExitStack() as stack:
         endpoints = {}
         for teacher in teachers:
@@ -232,7 +232,7 @@ def run_qa_teacher_bench(
         counters = {t.label: t.token_counter() for t in teachers}
 
         def save(partial: dict[str, Any], complete: bool = False) -> dict[str, Any]:
-            whole = {**header, **partial, "complete": complete, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
+            whole = {**header, **partial, "complete": complete, "load_average_at_end": load_average()}
             write_result(result_path, "qa-teacher", whole)
             return whole
 

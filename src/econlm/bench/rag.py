@@ -241,7 +241,7 @@ def run_rag_bench(
     """
     import faiss
 
-    from econlm.bench.common import peak_rss_mb
+    from econlm.bench.common import load_average, peak_rss_mb
     from econlm.data.corpus import load_papers, split_files
     from econlm.rag.retriever import stop_words, tokenize
 
@@ -254,7 +254,7 @@ def run_rag_bench(
                                  "synthetic_vectors": "clustered 384-d unit vectors (see econlm.bench.rag)",
                                  "synthetic_chunk_words": CHUNK_WORDS,
                                  # Other work on the machine slows every figure; recorded to read them by.
-                                 "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]}}
+                                 "load_avg_at_start": load_average()}}
 
     result["ingestion"] = _ingestion(papers[:ingest_papers], embedder, workdir)
 
@@ -277,7 +277,7 @@ def run_rag_bench(
         row["hybrid"] = hybrid_search(flat, hnsw, queries, words, seed=seed)
         del flat, hnsw
         row["peak_rss_mb"] = round(peak_rss_mb())
-        row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+        row["load_avg"] = load_average()
         result["sizes"].append(row)
         if on_size is not None:
             on_size({**result, "sizes": list(result["sizes"]), "targets": targets(result["sizes"]), "complete": False})
@@ -292,7 +292,7 @@ def run_rag_bench(
                                   **compare_indexes(stored, embedder.encode(real_questions))[0]}
 
     result["targets"] = targets(result["sizes"])
-    result["settings"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["settings"]["load_avg_at_end"] = load_average()
     result["complete"] = True
     return result
 

@@ -217,6 +217,7 @@ def run_serve_bench(
 ) -> dict[str, Any]:
     """Start each engine in turn (on `threads` CPU threads each, else each engine's default), send
     it the prompts at every concurrency, stop it; the JSON-ready result."""
+    from econlm.bench.common import load_average
     from econlm.bench.infer import title_prompts
     from econlm.models import load_tokenizer
     from econlm.paths import econlm_home
@@ -227,8 +228,9 @@ def run_serve_bench(
         raise UserError(f"unknown engines {', '.join(unknown)} (choose from {', '.join(ENGINES)})")
     if REFERENCE_ENGINE in engines:  # the reference titles first, so every other engine is compared as it runs
         engines = (REFERENCE_ENGINE, *(e for e in engines if e != REFERENCE_ENGINE))
-    conversations = title_prompts(corpus, n_prompts + max(concurrency))
-    if len(conversations) < n_prompts + max(concurrency):
+    needed = n_prompts + max(concurrency)
+    conversations = title_prompts(corpus, needed)
+    if len(conversations) < needed:
         raise UserError(f"{corpus}/test.jsonl has {len(conversations)} papers, fewer than --prompts {n_prompts} "
                         f"plus the {max(concurrency)} of the warm-up round")
     conversations, warm_up = conversations[:n_prompts], conversations[n_prompts:]
@@ -239,7 +241,7 @@ def run_serve_bench(
 
     log_dir = log_dir or econlm_home() / "bench-serve-logs"
     api_key = os.environ.get("ECONLM_API_KEY")  # the servers started below require it when it is set
-    load_at_start = os.getloadavg()
+    load_at_start = load_average()
     reference: list[str] | None = None
     results: dict[str, Any] = {}
     for engine in engines:
@@ -269,8 +271,8 @@ def run_serve_bench(
         "concurrency": list(concurrency),
         "threads": threads,
         "agreement_reference": f"{REFERENCE_ENGINE} at c={concurrency[0]}" if reference is not None else None,
-        "load_average_at_start": [round(x, 2) for x in load_at_start],
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": load_average(),
         "cpu_count": os.cpu_count(),
         "engines": results,
     }
