@@ -100,6 +100,7 @@ def test_teacher_spec_names_a_serve_engine_and_a_model():
     assert command[:4] == [sys.executable, "-m", "econlm.cli", "serve"]
     assert command[4:] == ["--engine", "llamacpp", "--model", "smollm2-135m-instruct", "--name", "smollm2-135m-instruct",
                            "--port", "8123"]
+    assert teacher.serve_command(8123, threads=2)[-2:] == ["--threads", "2"]
     for bad in ("smollm2-135m-instruct", "openai:tiny", "vllm:"):
         with pytest.raises(UserError, match="ENGINE:MODEL"):
             Teacher.parse(bad)

@@ -50,9 +50,11 @@ class Teacher:
     def label(self) -> str:
         return f"{self.engine}:{self.model.name}"
 
-    def serve_command(self, port: int) -> list[str]:
-        return [sys.executable, "-m", "econlm.cli", "serve", "--engine", self.engine, "--model", self.model.text,
-                "--name", self.model.name, "--port", str(port)]
+    def serve_command(self, port: int, threads: int | None = None) -> list[str]:
+        """`threads`: CPU threads the engine computes on (`econlm serve --threads`); None, its default."""
+        command = [sys.executable, "-m", "econlm.cli", "serve", "--engine", self.engine, "--model", self.model.text,
+                   "--name", self.model.name, "--port", str(port)]
+        return command + (["--threads", str(threads)] if threads is not None else [])
 
     def token_counter(self) -> Callable[[str], int]:
         """Tokens of a reply by the model's own tokenizer: a GGUF's vocabulary alone where there is
@@ -201,9 +203,11 @@ def run_qa_teacher_bench(
     teachers: list[Teacher],
     corpus_dir: Path,
     result_path: Path,
+    threads: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Serve every teacher, compare them (`compare_teachers`), stop them; writes `result_path`
+    """Serve every teacher (on `threads` CPU threads each, else each engine's default), compare them
+    (`compare_teachers`), stop them; writes `result_path`
     (complete: false until the last round) and a folder beside it with each teacher's pairs."""
     import contextlib
 
@@ -218,13 +222,14 @@ def run_qa_teacher_bench(
     log_dir = work_dir / "logs"
     # OpenMP settings the servers inherit: llama.cpp's ggml runs as many threads as OpenMP lets it.
     thread_env = {k: os.environ[k] for k in ("OMP_THREAD_LIMIT", "OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ}
-    header: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "thread_environment": thread_env,
+    header: dict[str, Any] = {"corpus": str(corpus_dir), "cpu_count": os.cpu_count(), "threads": threads,
+                              "thread_environment": thread_env,
                               "load_average_at_start": load_average(), "servers": {}}
     with contextlib.ExitStack() as stack:
         endpoints = {}
         for teacher in teachers:
             port = free_port()
-            command = teacher.serve_command(port)
+            command = teacher.serve_command(port, threads)
             server = stack.enter_context(EngineServer(command, port, log_dir / f"{teacher.label.replace(':', '-')}.log"))
             header["servers"][teacher.label] = {"command": " ".join(command[2:]), "startup_s": round(server.startup_s, 1),
                                                 "model": teacher.model.describe(content_hash=False)}

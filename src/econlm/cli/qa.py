@@ -161,14 +161,16 @@ DEFAULT_TEACHERS = ("llamacpp:qwen2.5-coder-0.5b-instruct", "llamacpp:qwen2.5-co
 @click.option("--seed", default=0, show_default=True, help="Seed of the paper order and of sampling.")
 @click.option("--concurrency", default=1, show_default=True, type=click.IntRange(1),
               help="Requests in flight per teacher (econlm's own servers answer one at a time; raise it for vllm).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="CPU threads each teacher's server computes on (`econlm serve --threads`); default: each engine's own.")
 @click.option("--pairs", "n_pairs", default=3, show_default=True, help="Pairs asked per abstract (1-4).")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Teacher reply length limit.")
 @click.option("--temperature", default=0.3, show_default=True, help="Teacher sampling temperature.")
 @click.option("--top-p", default=0.9, show_default=True, help="Teacher nucleus sampling.")
 @click.option("--out", default=Path("bench/results"), show_default=True, type=click.Path(path_type=Path),
               help="Result .json file or directory; the teachers' pairs and server logs go in a folder beside it.")
-def qa_teacher(corpus, teachers, split, limit, round_size, seed, concurrency, n_pairs, max_new_tokens, temperature, top_p,
-               out) -> None:
+def qa_teacher(corpus, teachers, split, limit, round_size, seed, concurrency, threads, n_pairs, max_new_tokens,
+               temperature, top_p, out) -> None:
     """Q&A teachers side by side: the same abstracts, prompt, decoding and filters for each.
 
     Serves every teacher on 127.0.0.1, runs `econlm qa synthesize` against them in alternating
@@ -186,8 +188,9 @@ def qa_teacher(corpus, teachers, split, limit, round_size, seed, concurrency, n_
     if out.suffix != ".json":
         out = out / f"qa-teacher-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    result = run_qa_teacher_bench(contenders, resolve_corpus(corpus), out, split=split, limit=limit, round_size=round_size,
-                                  seed=seed, concurrency=concurrency, n_pairs=n_pairs, decoding=decoding)
+    result = run_qa_teacher_bench(contenders, resolve_corpus(corpus), out, threads=threads, split=split, limit=limit,
+                                  round_size=round_size, seed=seed, concurrency=concurrency, n_pairs=n_pairs,
+                                  decoding=decoding)
     click.echo(teacher_table(result))
     click.echo(f"load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at end "
                f"({result['cpu_count']} CPUs)")
