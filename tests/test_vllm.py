@@ -297,6 +297,24 @@ def test_greedy_chat_agrees_with_transformers(client, shared_corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_seeded_sampling_of_long_prompts_in_flight_together_keeps_the_engine_alive(client):
+    """Prompts that together exceed one step's token budget, each sampled with a seed (as
+    `econlm qa synthesize` asks): with chunked prefill, vLLM's CPU worker dies rewinding a seed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    passage = "Monetary policy shocks move output, prices and the exchange rate with long lags. " * 90
+
+    def ask(seed: int) -> str:  # each prompt its own from the first token: no prefix-cache hits between them
+        prompt = f"Paper {seed}. {passage}\nSummarise."
+        reply = client.chat.completions.create(model=NAME, messages=[{"role": "user", "content": prompt}],
+                                               max_tokens=8, temperature=0.8, seed=seed)
+        return reply.choices[0].finish_reason
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(ask, range(4))) <= {"stop", "length"}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("body, status", [
     (b"{not json", 400),
     (json.dumps({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]}).encode(), 404),

@@ -174,8 +174,10 @@ class VllmLaunch:
         if self.chat_template is not None:
             args += ["--chat-template", str(self.chat_template)]
         if self.device == "cpu":
-            # No CUDA graphs to capture, and torch.compile takes minutes on a few cores.
-            args += ["--enforce-eager", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES)]
+            # No CUDA graphs to capture, and torch.compile takes minutes on a few cores. No chunked
+            # prefill: a seeded request whose prompt is split over steps gets its sampler's generator
+            # rewound (vLLM 0.32, _bookkeeping_sync), which CPU generators cannot do, and the engine dies.
+            args += ["--enforce-eager", "--kv-cache-memory-bytes", str(CPU_KV_CACHE_BYTES), "--no-enable-chunked-prefill"]
         if self.api_key:
             args += ["--middleware", REQUIRE_KEY_MIDDLEWARE]
         return args
