@@ -55,6 +55,7 @@ def test_launch_registers_the_adapter_by_name_with_its_template(tmp_path):
     assert (option(argv, "--host"), option(argv, "--port")) == ("127.0.0.1", "8123")
     assert option(argv, "--dtype") == "float32" and "--enforce-eager" in argv
     assert option(argv, "--kv-cache-memory-bytes") == str(CPU_KV_CACHE_BYTES)
+    assert "--no-enable-chunked-prefill" in argv  # seeded requests would kill the CPU engine (the slow test below)
     assert "k3y" not in " ".join(argv) and launch.env()["VLLM_API_KEY"] == "k3y"
     assert "k3y" not in repr(launch)
     assert option(argv, "--middleware") == "econlm_require_key.RequireKey"  # the key on every route, not /v1 only
@@ -65,7 +66,7 @@ def test_launch_on_a_gpu_leaves_the_choices_to_vllm(tmp_path):
     adapter = make_adapter(tmp_path, rank=64, template=False)
     argv = VllmLaunch.for_model(ModelRef.parse(str(adapter)), "econlm", "cuda").argv(Path("python"))
     assert option(argv, "--dtype") == "auto" and option(argv, "--max-lora-rank") == "64"
-    assert not {"--enforce-eager", "--kv-cache-memory-bytes", "--chat-template"} & set(argv)
+    assert not {"--enforce-eager", "--kv-cache-memory-bytes", "--no-enable-chunked-prefill", "--chat-template"} & set(argv)
 
 
 def test_threads_bind_vllm_to_as_many_cores_on_a_cpu_only(tmp_path):
