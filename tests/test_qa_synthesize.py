@@ -16,7 +16,8 @@ import pytest
 
 from econlm.backends import Decoding, parse_spec
 from econlm.data.build import build_datasets
-from econlm.data.templates import SYNTHESIS_PAIRS
+from econlm.data import templates
+from econlm.data.templates import SYNTHESIS_PAIRS, SYNTHESIS_PAIRS_V1
 from econlm.errors import UserError
 from econlm.qa.datasheet import render_datasheet
 from econlm.qa.synthesize import (
@@ -28,6 +29,7 @@ from econlm.qa.synthesize import (
     sidecar_paths,
     support_score,
     synthesize,
+    synthesize_prompt,
 )
 from econlm.types import Paper, QAPair
 
@@ -369,6 +371,47 @@ def test_cli_rejects_unknown_teacher_in_one_line(tmp_path):
     assert proc.stderr.strip().count("\n") == 0 and "unknown model 'gpt4'" in proc.stderr
 
 
+def test_prompt_option_picks_the_template_recorded_with_every_pair(teacher_server, tmp_path):
+    server = teacher_server()
+    corpus = make_corpus(tmp_path / "corpus")
+    out = tmp_path / "qa.jsonl"
+    summary = run(corpus, out, prompt=synthesize_prompt("econ-qa-synth@1"))
+    assert {p.prompt_version for p in read_pairs(out)} == {"econ-qa-synth@1"}
+    assert summary["prompts"] == {"econ-qa-synth@1": 6}
+    assert server.bodies[0]["messages"][0]["content"] == SYNTHESIS_PAIRS_V1.system.format(n_pairs=3)
+    assert summary["last_run"]["prompt"] == "econ-qa-synth@1"
+
+
+def test_a_file_written_with_two_prompts_shows_both_in_its_datasheet(teacher_server, tmp_path):
+    teacher_server()
+    corpus = make_corpus(tmp_path / "corpus")
+    out = tmp_path / "qa.jsonl"
+    run(corpus, out, limit=3, prompt=SYNTHESIS_PAIRS_V1)
+    summary = run(corpus, out)  # resumes: the other 3 papers
+    assert summary["prompts"] == {SYNTHESIS_PAIRS_V1.id: 3, SYNTHESIS_PAIRS.id: 3}
+    sheet = render_datasheet(out)
+    assert f"| `{SYNTHESIS_PAIRS_V1.id}` | 3 |" in sheet and f"| `{SYNTHESIS_PAIRS.id}` | 3 |" in sheet
+    for template in (SYNTHESIS_PAIRS_V1, SYNTHESIS_PAIRS):
+        assert f"The prompt `{template.id}`" in sheet and template.system.format(n_pairs=3) in sheet
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--prompt", "econ-qa-synth@9"], "unknown prompt template 'econ-qa-synth@9'"),
+    (["--prompt", "econ-title@1"], "--prompt 'econ-title@1' is not a Q&A synthesis prompt (known: econ-qa-synth@1"),
+    (["--prompt", "econ-qa-synth@2", "--dialogue"], "give --prompt or --dialogue, not both"),
+])
+def test_cli_rejects_a_wrong_prompt_in_one_line(tmp_path, options, message):
+    corpus = make_corpus(tmp_path / "corpus")
+    proc = subprocess.run(
+        [sys.executable, "-m", "econlm.cli", "qa", "synthesize", "--split", "test", "--teacher", TEACHER,
+         "--corpus", str(corpus), "--out", str(tmp_path / "qa.jsonl"), *options],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert not (tmp_path / "qa.jsonl").exists()
+
+
 # ---------------------------------------------------------------------------------------- units
 
 
@@ -436,3 +479,21 @@ def test_closed_book_questions_must_name_what_they_ask_about():
         review = review_reply(paper, f"Q: {question}\nA: Emissions fall by 8 percent after the tax increase.",
                               Filters(), set(), "test", TEACHER, "p@2")
         assert [r["reason"] for r in review.rejected] == ([reason] if reason else []), question
+
+
+def test_the_worked_examples_of_the_pairs_prompt_pass_the_filters():
+    """A teacher copies the worked examples' phrasing, so their questions must be ones the filters keep."""
+    for user, reply in SYNTHESIS_PAIRS.examples:
+        abstract = user.removeprefix("Abstract: ")
+        paper = Paper(arxiv_id="2001.00001", title="Worked example", abstract=abstract, primary_category="econ.GN")
+        review = review_reply(paper, reply, Filters(), set(), "train", TEACHER, SYNTHESIS_PAIRS.id)
+        assert review.rejected == [] and review.counts["kept"] == len(parse_reply(reply)) >= 2, abstract
+
+
+def test_synthesis_prompts_are_registered_by_id():
+    assert synthesize_prompt() is SYNTHESIS_PAIRS
+    assert synthesize_prompt(dialogue=True) is templates.SYNTHESIS_DIALOGUE
+    assert synthesize_prompt("econ-qa-synth@2") is SYNTHESIS_PAIRS is templates.get("econ-qa-synth@2")
+    assert synthesize_prompt("econ-qa-synth@1") is SYNTHESIS_PAIRS_V1
+    with pytest.raises(UserError, match="not a Q&A synthesis prompt"):
+        synthesize_prompt("econ-rag@1")

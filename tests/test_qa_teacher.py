@@ -5,13 +5,16 @@ result. Two scripted local HTTP teachers stand in for the served models."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from econlm.backends import parse_spec
 from econlm.bench.common import write_result
-from econlm.bench.qa_teacher import Teacher, compare_teachers
+from econlm.bench.qa_teacher import Contender, Teacher, compare_teachers
+from econlm.data.templates import SYNTHESIS_PAIRS, SYNTHESIS_PAIRS_V1
 from econlm.errors import UserError
 from econlm.qa.datasheet import render_datasheet
 from econlm.qa.synthesize import read_progress, sidecar_paths, synthesize
@@ -40,9 +43,9 @@ def test_teachers_take_turns_and_each_gets_its_own_counts(two_teachers, tmp_path
     strong, weak = two_teachers
     corpus = make_corpus(tmp_path / "corpus")
     partial: list[dict[str, int]] = []
-    endpoints = {"llamacpp:strong": strong.base_url, "llamacpp:weak": weak.base_url}
+    contenders = [Contender("llamacpp:strong", strong.base_url, "strong"), Contender("llamacpp:weak", weak.base_url, "weak")]
     result = compare_teachers(
-        endpoints, corpus, tmp_path / "work", {label: words for label in endpoints}, split="test", limit=6, round_size=4,
+        contenders, corpus, tmp_path / "work", {c.label: words for c in contenders}, split="test", limit=6, round_size=4,
         concurrency=2, on_round=lambda r: partial.append({label: row["papers"] for label, row in r["teachers"].items()}),
     )
     # Round 1: the first 4 papers of the seeded order for each teacher; round 2: the other 2.
@@ -82,6 +85,27 @@ def test_teachers_take_turns_and_each_gets_its_own_counts(two_teachers, tmp_path
     assert "`llamacpp:weak` against `llamacpp:strong`" in section and "stopped before" not in section
 
 
+def test_one_teacher_with_two_prompts_shares_its_server(two_teachers, tmp_path):
+    strong, _ = two_teachers
+    corpus = make_corpus(tmp_path / "corpus")
+    contenders = [Contender(f"llamacpp:strong {p.id}", strong.base_url, "strong", p) for p in (SYNTHESIS_PAIRS_V1, SYNTHESIS_PAIRS)]
+    result = compare_teachers(contenders, corpus, tmp_path / "work", {c.label: words for c in contenders}, split="test",
+                              limit=6, round_size=6)
+    systems = [body["messages"][0]["content"] for body in strong.bodies]
+    assert sorted(set(systems)) == sorted(p.system.format(n_pairs=3) for p in (SYNTHESIS_PAIRS_V1, SYNTHESIS_PAIRS))
+    for contender in contenders:
+        row = result["teachers"][contender.label]
+        assert row["prompt"] == contender.prompt.id and row["papers"] == 6
+        pairs = [json.loads(line) for line in open(row["output"])]
+        assert pairs and {p["prompt_version"] for p in pairs} == {contender.prompt.id}
+    assert Path(result["teachers"][contenders[0].label]["output"]).name == "llamacpp-strong-econ-qa-synth@1.jsonl"
+
+    path = write_result(tmp_path / "qa-teacher.json", "qa-teacher", {
+        **result, "cpu_count": 2, "load_average_at_start": [1.0] * 3, "load_average_at_end": [1.0] * 3, "complete": True})
+    section = render_datasheet(result["teachers"][contenders[0].label]["output"], teacher_choice=path)
+    assert "each teacher with each prompt" in section and "`llamacpp:strong econ-qa-synth@1`" in section
+
+
 def test_teacher_choice_file_that_is_not_a_result_is_one_line(two_teachers, tmp_path):
     strong, _ = two_teachers
     corpus = make_corpus(tmp_path / "corpus", test_ids=("2101.00003",))
@@ -104,3 +128,19 @@ def test_teacher_spec_names_a_serve_engine_and_a_model():
     for bad in ("smollm2-135m-instruct", "openai:tiny", "vllm:"):
         with pytest.raises(UserError, match="ENGINE:MODEL"):
             Teacher.parse(bad)
+
+
+@pytest.mark.parametrize(("prompts", "message"), [
+    (["econ-qa-synth@9"], "unknown prompt template 'econ-qa-synth@9'"),
+    (["econ-qa-synth@1", "econ-qa-synth@1"], "--prompt: give each prompt once"),
+])
+def test_bench_rejects_a_wrong_prompt_before_serving_anything(tmp_path, prompts, message):
+    corpus = make_corpus(tmp_path / "corpus")
+    options = [arg for p in prompts for arg in ("--prompt", p)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "econlm.cli", "bench", "qa-teacher", "--teacher", "llamacpp:smollm2-135m-instruct",
+         "--corpus", str(corpus), "--out", str(tmp_path / "result.json"), *options],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0 and message in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and not (tmp_path / "result.json").exists()

@@ -1,10 +1,12 @@
 """`econlm bench qa-teacher`: Q&A teachers side by side on the same abstracts, through `econlm qa synthesize`.
 
 Each teacher is a model served the way a user serves it (`econlm serve --engine E --model M`, its own
-process on 127.0.0.1). All of them are started first and stay up; the papers then go to them in
-alternating rounds of `round_size` (round k is `qa synthesize --limit k*round_size` for each teacher
-in turn, which extends the same seeded subset), so other jobs starting or stopping on a shared
-machine slow every teacher alike and the ratios between them stay fair.
+process on 127.0.0.1). A contender is a teacher with one synthesis prompt: given several prompts,
+every teacher is tried with each (its server shared by its prompts). All servers are started first
+and stay up; the papers then go to the contenders in alternating rounds of `round_size` (round k is
+`qa synthesize --limit k*round_size` for each contender in turn, which extends the same seeded
+subset), so other jobs starting or stopping on a shared machine slow every contender alike and the
+ratios between them stay fair.
 
 Per teacher, over all its papers: the filter counts (the kept-pair rate and each filter's share of
 the candidate pairs), papers/s and generated tokens/s over the seconds its rounds took (the replies,
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm.backends import Decoding, parse_spec
+from econlm.data.templates import SYNTHESIS_PAIRS, ChatTemplate
 from econlm.errors import UserError
 from econlm.models import ModelRef
 from econlm.qa.synthesize import FILTER_NAMES, TEACHER_DECODING, read_progress, sidecar_paths, synthesize
@@ -68,6 +71,20 @@ class Teacher:
 
         tokenizer = load_tokenizer(self.model)
         return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A served teacher asked with one prompt: `label` names it in the result (and its files)."""
+
+    label: str
+    base_url: str
+    served_name: str  # the model name the server answers to
+    prompt: ChatTemplate = SYNTHESIS_PAIRS
+
+    @property
+    def file_stem(self) -> str:
+        return self.label.replace(":", "-").replace(" ", "-")
 
 
 class LoadSampler:
@@ -135,7 +152,7 @@ def _median(values: list[float]) -> float | None:
 
 
 def compare_teachers(
-    endpoints: dict[str, str],
+    contenders: list[Contender],
     corpus_dir: str | Path,
     work_dir: str | Path,
     token_counters: dict[str, Callable[[str], int]],
@@ -150,36 +167,38 @@ def compare_teachers(
     timeout: float = 900.0,
     on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run `qa synthesize` for each served teacher (label -> base URL, its name the label's model)
-    in alternating rounds; the per-teacher rows and ratios against the first teacher. `on_round`
+    """Run `qa synthesize` for each contender in alternating rounds; the per-contender rows (by
+    label; `token_counters` by label too) and ratios against the first contender. `on_round`
     gets the partial result after every round (so an interrupted run keeps what it has). A
     request that failed (after the backend's retries; `timeout` is generous, since a one-at-a-time
     server on busy cores is slow) is counted, and its paper asked again in the next round."""
     if limit < 1 or round_size < 1:
         raise UserError(f"--limit and --round must be at least 1, got {limit} and {round_size}")
     work_dir = Path(work_dir)
-    outputs = {label: work_dir / f"{label.replace(':', '-')}.jsonl" for label in endpoints}
-    seconds = dict.fromkeys(endpoints, 0.0)
-    failed = dict.fromkeys(endpoints, 0)
-    errors: dict[str, list[str]] = {label: [] for label in endpoints}
+    labels = [c.label for c in contenders]
+    outputs = {c.label: work_dir / f"{c.file_stem}.jsonl" for c in contenders}
+    seconds = dict.fromkeys(labels, 0.0)
+    failed = dict.fromkeys(labels, 0)
+    errors: dict[str, list[str]] = {label: [] for label in labels}
     result: dict[str, Any] = {"split": split, "limit": limit, "round_size": round_size, "seed": seed,
                               "concurrency": concurrency, "pairs_asked": n_pairs, "decoding": asdict(decoding),
                               "rounds_done": 0, "teachers": {}}
     with LoadSampler() as loads:
         for stop in range(round_size, limit + round_size, round_size):
-            for label, base_url in endpoints.items():
+            for contender in contenders:
+                label = contender.label
                 loads.switch(label)
-                served_name = label.partition(":")[2]
-                summary = synthesize(corpus_dir, split, parse_spec(f"openai:{served_name}"), outputs[label],
+                summary = synthesize(corpus_dir, split, parse_spec(f"openai:{contender.served_name}"), outputs[label],
                                      limit=min(stop, limit), seed=seed, concurrency=concurrency, n_pairs=n_pairs,
-                                     decoding=decoding, timeout=timeout, base_url=base_url, progress=False)
+                                     prompt=contender.prompt, decoding=decoding, timeout=timeout,
+                                     base_url=contender.base_url, progress=False)
                 loads.switch(None)
                 run = summary["last_run"]
                 failed[label] += run["failed"]
                 errors[label] += run["errors"]
                 seconds[label] += run["seconds"]
                 row = teacher_row(read_progress(sidecar_paths(outputs[label])[0]), seconds[label], token_counters[label])
-                result["teachers"][label] = {**row, "failed_requests": failed[label], "errors": errors[label][:5],
+                result["teachers"][label] = {**row, "prompt": contender.prompt.id, "failed_requests": failed[label], "errors": errors[label][:5],
                                              "load_average_1m": loads.summary(label), "output": str(outputs[label])}
             result["rounds_done"] += 1
             result["ratios_vs_first"] = ratios(result["teachers"])
@@ -204,11 +223,13 @@ def run_qa_teacher_bench(
     corpus_dir: Path,
     result_path: Path,
     threads: int | None = None,
+    prompts: tuple[ChatTemplate, ...] = (SYNTHESIS_PAIRS,),
     **options: Any,
 ) -> dict[str, Any]:
-    """Serve every teacher (on `threads` CPU threads each, else each engine's default), compare them
-    (`compare_teachers`), stop them; writes `result_path`
-    (complete: false until the last round) and a folder beside it with each teacher's pairs."""
+    """Serve every teacher (on `threads` CPU threads each, else each engine's default), compare each
+    with each of `prompts` (`compare_teachers`; labels "ENGINE:MODEL", with " PROMPT-ID" added when
+    there are several prompts), stop them; writes `result_path` (complete: false until the last
+    round) and a folder beside it with each contender's pairs."""
     import contextlib
 
     from econlm.bench.common import load_average, write_result
@@ -218,6 +239,9 @@ def run_qa_teacher_bench(
     labels = [t.label for t in teachers]
     if len(set(labels)) != len(labels):
         raise UserError(f"--teacher: the same teacher twice ({', '.join(labels)})")
+    prompt_ids = [p.id for p in prompts]
+    if not prompts or len(set(prompt_ids)) != len(prompt_ids):
+        raise UserError(f"--prompt: give each prompt once ({', '.join(prompt_ids)})")
     work_dir = result_path.with_suffix("")
     log_dir = work_dir / "logs"
     # OpenMP settings the servers inherit: llama.cpp's ggml runs as many threads as OpenMP lets it.
@@ -226,21 +250,25 @@ def run_qa_teacher_bench(
                               "thread_environment": thread_env,
                               "load_average_at_start": load_average(), "servers": {}}
     with contextlib.ExitStack() as stack:
-        endpoints = {}
+        contenders: list[Contender] = []
+        counters: dict[str, Callable[[str], int]] = {}
         for teacher in teachers:
             port = free_port()
             command = teacher.serve_command(port, threads)
             server = stack.enter_context(EngineServer(command, port, log_dir / f"{teacher.label.replace(':', '-')}.log"))
             header["servers"][teacher.label] = {"command": " ".join(command[2:]), "startup_s": round(server.startup_s, 1),
                                                 "model": teacher.model.describe(content_hash=False)}
-            endpoints[teacher.label] = server.base_url
-        counters = {t.label: t.token_counter() for t in teachers}
+            count_tokens = teacher.token_counter()
+            for prompt in prompts:
+                label = teacher.label if len(prompts) == 1 else f"{teacher.label} {prompt.id}"
+                contenders.append(Contender(label, server.base_url, teacher.model.name, prompt))
+                counters[label] = count_tokens
 
         def save(partial: dict[str, Any], complete: bool = False) -> dict[str, Any]:
             whole = {**header, **partial, "complete": complete, "load_average_at_end": load_average()}
             write_result(result_path, "qa-teacher", whole)
             return whole
 
-        result = compare_teachers(endpoints, corpus_dir, work_dir, counters, on_round=save, **options)
+        result = compare_teachers(contenders, corpus_dir, work_dir, counters, on_round=save, **options)
     return save(result, complete=True)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from econlm.cli._base import ModelSpecParam, bench, corpus_option, main, resolve_corpus
+from econlm.data.templates import SYNTHESIS_DIALOGUE, SYNTHESIS_PAIRS
 
 
 @main.group()
@@ -30,6 +31,9 @@ def qa() -> None:
               help="Requests in flight (openai:) or prompts per batch (transformers:). Raise it for a vLLM deployment.")
 @click.option("--pairs", "n_pairs", default=3, show_default=True, help="Pairs asked per abstract (1-4).")
 @click.option("--dialogue", is_flag=True, help="Also ask for one follow-up exchange per pair (multi-turn examples).")
+@click.option("--prompt", "prompt_id", default=None, metavar="ID",
+              help="The teacher's prompt template, NAME@VERSION (econ-qa-synth@1, econ-qa-synth@2); recorded with "
+                   f"every pair.  [default: {SYNTHESIS_PAIRS.id}, or {SYNTHESIS_DIALOGUE.id} with --dialogue]")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Teacher reply length limit.")
 @click.option("--temperature", default=0.3, show_default=True, help="Teacher sampling temperature (0 = greedy).")
 @click.option("--top-p", default=0.9, show_default=True, help="Teacher nucleus sampling.")
@@ -39,8 +43,8 @@ def qa() -> None:
               help="Drop answers whose content words are found in the abstract less often than this.")
 @click.option("--min-question-support", default=0.5, show_default=True,
               help="Drop questions whose content words are found in the abstract less often than this.")
-def synthesize(corpus, split, spec, out, limit, seed, concurrency, n_pairs, dialogue, max_new_tokens, temperature,
-               top_p, timeout, retries, min_answer_support, min_question_support) -> None:
+def synthesize(corpus, split, spec, out, limit, seed, concurrency, n_pairs, dialogue, prompt_id, max_new_tokens,
+               temperature, top_p, timeout, retries, min_answer_support, min_question_support) -> None:
     """Write 2-4 question-answer pairs per abstract with a teacher LLM, filtered and resumable.
 
     Reads CORPUS/<split>.jsonl (train papers that leak into validation/test are skipped); appends
@@ -48,16 +52,17 @@ def synthesize(corpus, split, spec, out, limit, seed, concurrency, n_pairs, dial
     every filter to <stem>.summary.json. Rerunning the same command resumes where it stopped.
     """
     from econlm.backends import Decoding
-    from econlm.qa.synthesize import Filters
+    from econlm.qa.synthesize import Filters, synthesize_prompt
     from econlm.qa.synthesize import synthesize as run_synthesis
 
     if spec is None:
         raise click.UsageError("give the teacher: --teacher openai:NAME, transformers:MODEL or llamacpp:FILE.gguf")
+    prompt = synthesize_prompt(prompt_id, dialogue)
     filters = Filters(min_answer_support=min_answer_support, min_question_support=min_question_support)
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
     summary = run_synthesis(
         resolve_corpus(corpus), split, spec, out, limit=limit, seed=seed, concurrency=concurrency,
-        n_pairs=n_pairs, dialogue=dialogue, decoding=decoding, filters=filters, timeout=timeout, max_retries=retries,
+        n_pairs=n_pairs, prompt=prompt, decoding=decoding, filters=filters, timeout=timeout, max_retries=retries,
     )
     run, totals = summary["last_run"], summary["totals"]
     click.echo(f"this run: {run['finished']} papers finished, {run['failed']} failed (rerun to retry), "
@@ -164,33 +169,37 @@ DEFAULT_TEACHERS = ("llamacpp:qwen2.5-coder-0.5b-instruct", "llamacpp:qwen2.5-co
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="CPU threads each teacher's server computes on (`econlm serve --threads`); default: each engine's own.")
 @click.option("--pairs", "n_pairs", default=3, show_default=True, help="Pairs asked per abstract (1-4).")
+@click.option("--prompt", "prompt_ids", multiple=True, default=(SYNTHESIS_PAIRS.id,), show_default=True, metavar="ID",
+              help="Synthesis prompt template (as `qa synthesize --prompt`); repeat to try every teacher with each.")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Teacher reply length limit.")
 @click.option("--temperature", default=0.3, show_default=True, help="Teacher sampling temperature.")
 @click.option("--top-p", default=0.9, show_default=True, help="Teacher nucleus sampling.")
 @click.option("--out", default=Path("bench/results"), show_default=True, type=click.Path(path_type=Path),
               help="Result .json file or directory; the teachers' pairs and server logs go in a folder beside it.")
-def qa_teacher(corpus, teachers, split, limit, round_size, seed, concurrency, threads, n_pairs, max_new_tokens,
-               temperature, top_p, out) -> None:
-    """Q&A teachers side by side: the same abstracts, prompt, decoding and filters for each.
+def qa_teacher(corpus, teachers, split, limit, round_size, seed, concurrency, threads, n_pairs, prompt_ids,
+               max_new_tokens, temperature, top_p, out) -> None:
+    """Q&A teachers (and prompts) side by side: the same abstracts, decoding and filters for each.
 
-    Serves every teacher on 127.0.0.1, runs `econlm qa synthesize` against them in alternating
-    rounds, and writes a JSON result (kept-pair rate overall and per filter, papers/s, generated
-    tokens/s, load average during each teacher's rounds, ratios against the first teacher) after
-    every round; prints a table.
+    Serves every teacher on 127.0.0.1, runs `econlm qa synthesize` against it with each --prompt in
+    alternating rounds, and writes a JSON result (kept-pair rate overall and per filter, papers/s,
+    generated tokens/s, load average during each contender's rounds, ratios against the first)
+    after every round; prints a table.
     """
     from datetime import datetime, timezone
 
     from econlm.backends import Decoding
     from econlm.bench.qa_teacher import Teacher, run_qa_teacher_bench
     from econlm.qa.datasheet import teacher_table
+    from econlm.qa.synthesize import synthesize_prompt
 
     contenders = [Teacher.parse(t) for t in teachers]
+    prompts = tuple(synthesize_prompt(p) for p in prompt_ids)
     if out.suffix != ".json":
         out = out / f"qa-teacher-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.json"
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-    result = run_qa_teacher_bench(contenders, resolve_corpus(corpus), out, threads=threads, split=split, limit=limit,
-                                  round_size=round_size, seed=seed, concurrency=concurrency, n_pairs=n_pairs,
-                                  decoding=decoding)
+    result = run_qa_teacher_bench(contenders, resolve_corpus(corpus), out, threads=threads, prompts=prompts,
+                                  split=split, limit=limit, round_size=round_size, seed=seed, concurrency=concurrency,
+                                  n_pairs=n_pairs, decoding=decoding)
     click.echo(teacher_table(result))
     click.echo(f"load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at end "
                f"({result['cpu_count']} CPUs)")

@@ -169,7 +169,7 @@ _IV_TEST = (
     "The test compares estimates across subsamples and has power against violations of monotonicity. "
     "In simulations it controls size in samples of 500 observations."
 )
-SYNTHESIS_PAIRS = ChatTemplate(
+SYNTHESIS_PAIRS_V1 = ChatTemplate(
     name="econ-qa-synth",
     version="1",
     task="qa-synthesis",
@@ -188,6 +188,50 @@ SYNTHESIS_PAIRS = ChatTemplate(
          "A: Against violations of monotonicity.\n"
          "Q: How does the instrument validity test perform in simulations?\n"
          "A: It controls size in samples of 500 observations."),
+    ),
+)
+# Version 2, the default: a closed-book reader's view in the instructions, a theory-paper example,
+# and worked examples whose questions pass econlm's own filters (version 1's "the proposed ...
+# test" is a vague referent the filters drop, and teachers copied it). Version 1 stays for the
+# sets written with it.
+_SYNTHESIS_SYSTEM_V2 = (
+    "You write {n_pairs} question-answer pairs about the economics research abstract the user gives. "
+    "A reader sees only the question, never the abstract, so each question names what it asks about: "
+    "the topic, method, data or setting (\"a border-discontinuity design\", \"teen employment in U.S. "
+    "counties\"). A question never says \"this paper\", \"the study\", \"the authors\", \"we\", \"the "
+    "model\", \"the proposed method\" or \"these results\". Each answer is one or two sentences stating "
+    "facts from the abstract that the question does not already say. "
+    "Write every pair on two lines: \"Q: <question>\" then \"A: <answer>\"."
+)
+_HOUSING_SEARCH = (
+    "We develop a search model of the housing market in which buyers learn about prices. Learning makes "
+    "prices sticky: after a demand shock, sellers adjust list prices slowly and time on the market rises "
+    "before prices fall. Calibrated to U.S. data, the model explains half of the observed price momentum."
+)
+SYNTHESIS_PAIRS = ChatTemplate(
+    name="econ-qa-synth",
+    version="2",
+    task="qa-synthesis",
+    system=_SYNTHESIS_SYSTEM_V2,
+    user="Abstract: {abstract}",
+    examples=(
+        (f"Abstract: {_MINIMUM_WAGE}",
+         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
+         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
+         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
+         "A: Mostly through reduced hiring."),
+        (f"Abstract: {_IV_TEST}",
+         "Q: What does a validity test for instruments in linear IV models with heterogeneous effects compare?\n"
+         "A: It compares IV estimates across subsamples.\n"
+         "Q: Against which violations does a subsample test of instrument validity have power?\n"
+         "A: Against violations of monotonicity.\n"
+         "Q: How does a subsample test of instrument validity perform in simulations?\n"
+         "A: It controls size in samples of 500 observations."),
+        (f"Abstract: {_HOUSING_SEARCH}",
+         "Q: Why are house prices sticky when housing buyers learn about prices?\n"
+         "A: After a demand shock, sellers adjust list prices slowly, so time on the market rises before prices fall.\n"
+         "Q: How much U.S. house price momentum can a housing search model with learning buyers explain?\n"
+         "A: Calibrated to U.S. data, it explains half of the observed price momentum."),
     ),
 )
 SYNTHESIS_DIALOGUE = ChatTemplate(
@@ -235,8 +279,8 @@ RAG = ChatTemplate(
 # ---------------------------------------------------------------- the registry
 
 _BY_ID: dict[str, PromptTemplate] = {
-    t.id: t for t in (TITLE, CLASSIFY, QA, CLASSIFY_THEN_TITLE, ONE_SHOT_TITLE, ONE_SHOT_CLASSIFY, SYNTHESIS_PAIRS,
-                      SYNTHESIS_DIALOGUE, RAG)
+    t.id: t for t in (TITLE, CLASSIFY, QA, CLASSIFY_THEN_TITLE, ONE_SHOT_TITLE, ONE_SHOT_CLASSIFY, SYNTHESIS_PAIRS_V1,
+                      SYNTHESIS_PAIRS, SYNTHESIS_DIALOGUE, RAG)
 }
 
 

@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from econlm.data import templates
 from econlm.errors import UserError
 from econlm.io import atomic_write_text, sha256_file
 from econlm.qa.synthesize import COUNT_KEYS, FILTER_NAMES, read_progress, sidecar_paths, tally
@@ -58,9 +59,12 @@ def teacher_choice_section(path: Path) -> list[str]:
         for label, r in result["ratios_vs_first"].items() if label != first
     ]
     decoding = ", ".join(f"{k}={v}" for k, v in result["decoding"].items())
+    # Results made before prompts could be compared have no prompt in their rows: one prompt for all.
+    prompts = {row.get("prompt") for row in result["teachers"].values()}
+    prompt = "the same prompt" if len(prompts) == 1 else "each teacher with each prompt (named in the first column)"
     return [
         f"`econlm bench qa-teacher` ({path.name}, {result.get('date', '')}): the same {result['limit']} {result['split']} "
-        f"abstracts (seed {result['seed']}) for each teacher, {result['pairs_asked']} pairs asked, the same prompt, "
+        f"abstracts (seed {result['seed']}) for each teacher, {result['pairs_asked']} pairs asked, {prompt}, "
         f"decoding ({decoding}) and filters; the teachers took turns in rounds of {result['round_size']} papers, "
         f"{result['concurrency']} request(s) in flight. Filter columns: candidates dropped (share of candidates). "
         f"Throughput is over the seconds each teacher's rounds took, on {result['cpu_count']} CPUs "
@@ -70,6 +74,21 @@ def teacher_choice_section(path: Path) -> list[str]:
         teacher_table(result),
         *ratio_lines,
     ]
+
+
+def _prompt_texts(prompt_ids: dict[str, int], run: dict[str, Any]) -> list[str]:
+    """Each prompt the file's papers were asked with (system message, worked examples as earlier
+    chat turns, then the abstract): the last run's as it recorded it, earlier ones from the registry."""
+    parts = []
+    for prompt_id in prompt_ids:
+        if prompt_id == run["prompt"]:
+            messages = run["prompt_messages"]
+        else:
+            template = templates.get(prompt_id)
+            messages = [m.model_dump() for m in template.prompt(abstract="{abstract}", n_pairs=run["pairs_asked"])]
+        parts += [f"The prompt `{prompt_id}` (system message, worked examples as earlier chat turns, then the abstract):",
+                  "```text\n" + "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n```"]
+    return parts
 
 
 def render_datasheet(qa_file: str | Path, notes: str = "", n_examples: int = 10, seed: int = 0,
@@ -99,8 +118,7 @@ def render_datasheet(qa_file: str | Path, notes: str = "", n_examples: int = 10,
         _table([[f"`{t}`", str(n)] for t, n in counts["teachers"].items()], ["teacher", "papers"]),
         _table([[f"`{p}`", str(n)] for p, n in counts["prompts"].items()], ["prompt", "papers"]),
         "Decoding of the last run: " + ", ".join(f"{k}={v}" for k, v in run["decoding"].items()) + ".",
-        "The prompt (system message, worked examples as earlier chat turns, then the abstract):",
-        "```text\n" + "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in run["prompt_messages"]) + "\n```",
+        *_prompt_texts(counts["prompts"], run),
     ]
     if teacher_choice is not None:
         parts += ["## Teacher choice", *teacher_choice_section(Path(teacher_choice))]

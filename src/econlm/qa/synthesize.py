@@ -56,6 +56,7 @@ from typing import Any
 
 from econlm import provenance
 from econlm.backends import ENGINES, Backend, Decoding, EngineSpec, Messages, get_backend
+from econlm.data import templates
 from econlm.data.build import drop_leaks
 from econlm.data.corpus import load_corpus
 from econlm.data.templates import SYNTHESIS_DIALOGUE, SYNTHESIS_PAIRS, ChatTemplate
@@ -396,6 +397,20 @@ def _teacher_errors() -> tuple[type[BaseException], ...]:
     return (UserError, httpx.HTTPError, json.JSONDecodeError)
 
 
+def synthesize_prompt(template_id: str | None = None, dialogue: bool = False) -> ChatTemplate:
+    """The teacher's prompt: the template `template_id` names (a qa-synthesis chat template), else
+    the default pairs prompt, or the dialogue prompt when `dialogue`."""
+    if template_id is None:
+        return SYNTHESIS_DIALOGUE if dialogue else SYNTHESIS_PAIRS
+    if dialogue:
+        raise UserError("give --prompt or --dialogue, not both (--dialogue picks " + SYNTHESIS_DIALOGUE.id + ")")
+    template = templates.get(template_id)
+    if not (isinstance(template, ChatTemplate) and template.task == "qa-synthesis"):
+        known = ", ".join(t.id for t in templates.all_templates() if t.task == "qa-synthesis")
+        raise UserError(f"--prompt {template_id!r} is not a Q&A synthesis prompt (known: {known})")
+    return template
+
+
 def synthesize(
     corpus_dir: str | Path,
     split: str,
@@ -406,7 +421,7 @@ def synthesize(
     seed: int = 0,
     concurrency: int = 4,
     n_pairs: int = 3,
-    dialogue: bool = False,
+    prompt: ChatTemplate = SYNTHESIS_PAIRS,
     decoding: Decoding = TEACHER_DECODING,
     filters: Filters = Filters(),
     timeout: float = 120.0,
@@ -414,7 +429,8 @@ def synthesize(
     base_url: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write Q&A pairs for the split's papers to `out` (appending, resumable); returns the summary."""
+    """Write Q&A pairs for the split's papers to `out` (appending, resumable); returns the summary.
+    `prompt` is a qa-synthesis template (`synthesize_prompt`); its id is recorded with every pair."""
     from tqdm.auto import tqdm
 
     teacher_name = str(teacher)  # recorded with every pair and progress line
@@ -422,7 +438,6 @@ def synthesize(
         raise UserError(f"--concurrency must be at least 1, got {concurrency}")
     if not 1 <= n_pairs <= filters.max_pairs:
         raise UserError(f"--pairs must be between 1 and {filters.max_pairs}, got {n_pairs}")
-    prompt = SYNTHESIS_DIALOGUE if dialogue else SYNTHESIS_PAIRS
     papers = select_papers(corpus_dir, split, limit, seed)
     store = ResumableStore(out)
     pending = [p for p in papers if p.arxiv_id not in store.done]
