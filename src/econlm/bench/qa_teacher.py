@@ -8,7 +8,7 @@ and stay up; the papers then go to the contenders in alternating rounds of `roun
 subset), so other jobs starting or stopping on a shared machine slow every contender alike and the
 ratios between them stay fair.
 
-Per teacher, over all its papers: the filter counts (the kept-pair rate and each filter's share of
+Per contender, over all its papers: the filter counts (the kept-pair rate and each filter's share of
 the candidate pairs), papers/s and generated tokens/s over the seconds its rounds took (the replies,
 kept whole in the progress file, re-tokenised by the teacher's own tokenizer, end-of-turn token not
 counted), and the 1-minute load average sampled while its rounds ran.
@@ -198,8 +198,9 @@ def compare_teachers(
                 errors[label] += run["errors"]
                 seconds[label] += run["seconds"]
                 row = teacher_row(read_progress(sidecar_paths(outputs[label])[0]), seconds[label], token_counters[label])
-                result["teachers"][label] = {**row, "prompt": contender.prompt.id, "failed_requests": failed[label], "errors": errors[label][:5],
-                                             "load_average_1m": loads.summary(label), "output": str(outputs[label])}
+                result["teachers"][label] = {**row, "prompt": contender.prompt.id, "failed_requests": failed[label],
+                                             "errors": errors[label][:5], "load_average_1m": loads.summary(label),
+                                             "output": str(outputs[label])}
             result["rounds_done"] += 1
             result["ratios_vs_first"] = ratios(result["teachers"])
             if on_round is not None:
