@@ -481,13 +481,18 @@ def test_closed_book_questions_must_name_what_they_ask_about():
         assert [r["reason"] for r in review.rejected] == ([reason] if reason else []), question
 
 
-def test_the_worked_examples_of_the_pairs_prompt_pass_the_filters():
-    """A teacher copies the worked examples' phrasing, so their questions must be ones the filters keep."""
-    for user, reply in SYNTHESIS_PAIRS.examples:
+@pytest.mark.parametrize("template", [SYNTHESIS_PAIRS, templates.SYNTHESIS_DIALOGUE], ids=lambda t: t.id)
+def test_the_worked_examples_of_the_default_prompts_pass_the_filters(template):
+    """A teacher copies the worked examples' phrasing, so their questions (and follow-ups) must be
+    ones the filters keep."""
+    for user, reply in template.examples:
         abstract = user.removeprefix("Abstract: ")
         paper = Paper(arxiv_id="2001.00001", title="Worked example", abstract=abstract, primary_category="econ.GN")
-        review = review_reply(paper, reply, Filters(), set(), "train", TEACHER, SYNTHESIS_PAIRS.id)
-        assert review.rejected == [] and review.counts["kept"] == len(parse_reply(reply)) >= 2, abstract
+        review = review_reply(paper, reply, Filters(), set(), "train", TEACHER, template.id)
+        parsed = parse_reply(reply)
+        assert review.rejected == [] and review.counts["kept"] == len(parsed) >= 2, abstract
+        assert "turns_dropped" not in review.counts
+        assert [len(pair.turns) for pair in review.kept] == [2 * len(pair.followups) for pair in parsed]
 
 
 def test_synthesis_prompts_are_registered_by_id():

@@ -32,8 +32,8 @@ def qa() -> None:
 @click.option("--pairs", "n_pairs", default=3, show_default=True, help="Pairs asked per abstract (1-4).")
 @click.option("--dialogue", is_flag=True, help="Also ask for one follow-up exchange per pair (multi-turn examples).")
 @click.option("--prompt", "prompt_id", default=None, metavar="ID",
-              help="The teacher's prompt template, NAME@VERSION (econ-qa-synth@1, econ-qa-synth@2); recorded with "
-                   f"every pair.  [default: {SYNTHESIS_PAIRS.id}, or {SYNTHESIS_DIALOGUE.id} with --dialogue]")
+              help="The teacher's prompt template, NAME@VERSION (econ-qa-synth@2, econ-qa-synth-dialogue@2, or "
+                   f"their @1); recorded with every pair.  [default: {SYNTHESIS_PAIRS.id}, or {SYNTHESIS_DIALOGUE.id} with --dialogue]")
 @click.option("--max-new-tokens", default=256, show_default=True, help="Teacher reply length limit.")
 @click.option("--temperature", default=0.3, show_default=True, help="Teacher sampling temperature (0 = greedy).")
 @click.option("--top-p", default=0.9, show_default=True, help="Teacher nucleus sampling.")

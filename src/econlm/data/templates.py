@@ -234,7 +234,7 @@ SYNTHESIS_PAIRS = ChatTemplate(
          "A: Calibrated to U.S. data, it explains half of the observed price momentum."),
     ),
 )
-SYNTHESIS_DIALOGUE = ChatTemplate(
+SYNTHESIS_DIALOGUE_V1 = ChatTemplate(
     name="econ-qa-synth-dialogue",
     version="1",
     task="qa-synthesis",
@@ -255,6 +255,33 @@ SYNTHESIS_DIALOGUE = ChatTemplate(
          "Follow-up Q: Against which violations does this test have power?\n"
          "Follow-up A: Against violations of monotonicity.\n"
          "Q: How does the instrument validity test perform in simulations?\n"
+         "A: It controls size in samples of 500 observations."),
+    ),
+)
+# Version 2, the default: version 2 of the pairs prompt, with follow-ups that pass the filters
+# (version 1's "Which research design gives this estimate?" fails question support).
+_FOLLOW_UP_RULE = (" After a pair you may add one follow-up exchange that continues the conversation: "
+                   "\"Follow-up Q: <question>\" then \"Follow-up A: <answer>\".")
+SYNTHESIS_DIALOGUE = ChatTemplate(
+    name="econ-qa-synth-dialogue",
+    version="2",
+    task="qa-synthesis",
+    system=_SYNTHESIS_SYSTEM_V2 + _FOLLOW_UP_RULE,
+    user="Abstract: {abstract}",
+    examples=(
+        (f"Abstract: {_MINIMUM_WAGE}",
+         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
+         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
+         "Follow-up Q: Which design across U.S. counties gives this minimum wage estimate?\n"
+         "Follow-up A: A border-discontinuity design.\n"
+         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
+         "A: Mostly through reduced hiring."),
+        (f"Abstract: {_IV_TEST}",
+         "Q: What does a validity test for instruments in linear IV models with heterogeneous effects compare?\n"
+         "A: It compares IV estimates across subsamples.\n"
+         "Follow-up Q: Against which violations does this test have power?\n"
+         "Follow-up A: Against violations of monotonicity.\n"
+         "Q: How does a subsample test of instrument validity perform in simulations?\n"
          "A: It controls size in samples of 500 observations."),
     ),
 )
@@ -280,7 +307,7 @@ RAG = ChatTemplate(
 
 _BY_ID: dict[str, PromptTemplate] = {
     t.id: t for t in (TITLE, CLASSIFY, QA, CLASSIFY_THEN_TITLE, ONE_SHOT_TITLE, ONE_SHOT_CLASSIFY, SYNTHESIS_PAIRS_V1,
-                      SYNTHESIS_PAIRS, SYNTHESIS_DIALOGUE, RAG)
+                      SYNTHESIS_PAIRS, SYNTHESIS_DIALOGUE_V1, SYNTHESIS_DIALOGUE, RAG)
 }
 
 
