@@ -19,7 +19,7 @@ def test_tiny_engines_side_by_side(home, small_corpus, tmp_path):
                              engines=("llamacpp-q8_0", "transformers"), log_dir=tmp_path / "logs")
     assert list(result["engines"]) == ["transformers", "llamacpp-q8_0"]  # the reference runs first
     for engine, rows in result["engines"].items():
-        assert rows["startup_s"] > 0 and "serve --port" in rows["command"] and f"--engine {engine.split('-')[0]}" in rows["command"]
+        assert rows["startup_s"] > 0 and f"serve --engine {engine.split('-')[0]} " in rows["command"] and " --port " in rows["command"]
         for level in ("c1", "c2"):
             row = rows[level]
             assert (row["requests"], row["ok"], row["lost"]) == (3, 3, 0), (engine, row)

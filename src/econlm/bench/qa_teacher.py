@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from econlm.backends import Decoding, parse_spec
+from econlm.bench.serve import EngineServer, serve_argv
 from econlm.data.templates import SYNTHESIS_PAIRS, ChatTemplate
 from econlm.errors import UserError
 from econlm.models import ModelRef
@@ -55,9 +55,7 @@ class Teacher:
 
     def serve_command(self, port: int, threads: int | None = None) -> list[str]:
         """`threads`: CPU threads the engine computes on (`econlm serve --threads`); None, its default."""
-        command = [sys.executable, "-m", "econlm.cli", "serve", "--engine", self.engine, "--model", self.model.text,
-                   "--name", self.model.name, "--port", str(port)]
-        return command + (["--threads", str(threads)] if threads is not None else [])
+        return serve_argv(self.engine, self.model.text, self.model.name, port, threads)
 
     def token_counter(self) -> Callable[[str], int]:
         """Tokens of a reply by the model's own tokenizer: a GGUF's vocabulary alone where there is
@@ -234,7 +232,6 @@ def run_qa_teacher_bench(
     import contextlib
 
     from econlm.bench.common import load_average, write_result
-    from econlm.bench.serve import EngineServer
     from econlm.vllm_engine import free_port
 
     labels = [t.label for t in teachers]

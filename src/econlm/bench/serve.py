@@ -46,16 +46,22 @@ REQUEST_TIMEOUT_S = 900.0  # a request queued behind 31 others on a one-at-a-tim
 SERVED_NAME = "econlm"
 
 
+def serve_argv(engine: str, model: str, name: str, port: int, threads: int | None = None) -> list[str]:
+    """The `econlm serve` process a benchmark starts: `model` served by `engine` as `name` on
+    127.0.0.1:`port`, on `threads` CPU threads (None: the engine's default)."""
+    return [sys.executable, "-m", "econlm.cli", "serve", "--engine", engine, "--model", model, "--name", name,
+            "--port", str(port), *(["--threads", str(threads)] if threads is not None else [])]
+
+
 def engine_command(engine: str, model: ModelRef, port: int, threads: int | None = None) -> list[str]:
     """`econlm serve` for one engine; llama.cpp runs the q8_0 export of the (merged) model."""
-    base = [sys.executable, "-m", "econlm.cli", "serve", "--port", str(port), "--name", SERVED_NAME,
-            *(["--threads", str(threads)] if threads is not None else [])]
     if engine in ("vllm", "transformers"):
-        return [*base, "--engine", engine, "--model", model.text]
+        return serve_argv(engine, model.text, SERVED_NAME, port, threads)
     if engine.startswith("llamacpp-"):
         from econlm.bench.infer import cached_gguf
 
-        return [*base, "--engine", "llamacpp", "--model", str(cached_gguf(model, engine.removeprefix("llamacpp-")))]
+        gguf = cached_gguf(model, engine.removeprefix("llamacpp-"))
+        return serve_argv("llamacpp", str(gguf), SERVED_NAME, port, threads)
     raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
 
 
