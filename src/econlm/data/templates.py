@@ -169,6 +169,16 @@ _IV_TEST = (
     "The test compares estimates across subsamples and has power against violations of monotonicity. "
     "In simulations it controls size in samples of 500 observations."
 )
+# Both versions of the pairs prompt start with this worked example.
+_MINIMUM_WAGE_EXAMPLE = (
+    f"Abstract: {_MINIMUM_WAGE}",
+    "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
+    "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
+    "Q: Through which channel do minimum wage increases reduce teen employment?\n"
+    "A: Mostly through reduced hiring.",
+)
+_FOLLOW_UP_RULE = (" After a pair you may add one follow-up exchange that continues the conversation: "
+                   "\"Follow-up Q: <question>\" then \"Follow-up A: <answer>\".")
 SYNTHESIS_PAIRS_V1 = ChatTemplate(
     name="econ-qa-synth",
     version="1",
@@ -176,11 +186,7 @@ SYNTHESIS_PAIRS_V1 = ChatTemplate(
     system=_SYNTHESIS_SYSTEM,
     user="Abstract: {abstract}",
     examples=(
-        (f"Abstract: {_MINIMUM_WAGE}",
-         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
-         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
-         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
-         "A: Mostly through reduced hiring."),
+        _MINIMUM_WAGE_EXAMPLE,
         (f"Abstract: {_IV_TEST}",
          "Q: What does the proposed instrument validity test compare?\n"
          "A: It compares IV estimates across subsamples.\n"
@@ -215,11 +221,7 @@ SYNTHESIS_PAIRS = ChatTemplate(
     system=_SYNTHESIS_SYSTEM_V2,
     user="Abstract: {abstract}",
     examples=(
-        (f"Abstract: {_MINIMUM_WAGE}",
-         "Q: How does a minimum wage increase affect teen employment in U.S. counties?\n"
-         "A: Teen employment falls by about 2 percent for each 10 percent increase in the minimum wage.\n"
-         "Q: Through which channel do minimum wage increases reduce teen employment?\n"
-         "A: Mostly through reduced hiring."),
+        _MINIMUM_WAGE_EXAMPLE,
         (f"Abstract: {_IV_TEST}",
          "Q: What does a validity test for instruments in linear IV models with heterogeneous effects compare?\n"
          "A: It compares IV estimates across subsamples.\n"
@@ -238,8 +240,7 @@ SYNTHESIS_DIALOGUE_V1 = ChatTemplate(
     name="econ-qa-synth-dialogue",
     version="1",
     task="qa-synthesis",
-    system=_SYNTHESIS_SYSTEM + " After a pair you may add one follow-up exchange that continues the conversation: "
-    "\"Follow-up Q: <question>\" then \"Follow-up A: <answer>\".",
+    system=_SYNTHESIS_SYSTEM + _FOLLOW_UP_RULE,
     user="Abstract: {abstract}",
     examples=(
         (f"Abstract: {_MINIMUM_WAGE}",
@@ -260,8 +261,6 @@ SYNTHESIS_DIALOGUE_V1 = ChatTemplate(
 )
 # Version 2, the default: version 2 of the pairs prompt, with follow-ups that pass the filters
 # (version 1's "Which research design gives this estimate?" fails question support).
-_FOLLOW_UP_RULE = (" After a pair you may add one follow-up exchange that continues the conversation: "
-                   "\"Follow-up Q: <question>\" then \"Follow-up A: <answer>\".")
 SYNTHESIS_DIALOGUE = ChatTemplate(
     name="econ-qa-synth-dialogue",
     version="2",

@@ -14,7 +14,7 @@ from typing import Any
 from econlm.data import templates
 from econlm.errors import UserError
 from econlm.io import atomic_write_text, sha256_file
-from econlm.qa.synthesize import COUNT_KEYS, FILTER_NAMES, read_progress, sidecar_paths, tally
+from econlm.qa.synthesize import COUNT_KEYS, FILTER_NAMES, read_progress, sidecar_paths, tally, teacher_conversation
 from econlm.types import QAPair
 
 
@@ -84,8 +84,7 @@ def _prompt_texts(prompt_ids: dict[str, int], run: dict[str, Any]) -> list[str]:
         if prompt_id == run["prompt"]:
             messages = run["prompt_messages"]
         else:
-            template = templates.get(prompt_id)
-            messages = [m.model_dump() for m in template.prompt(abstract="{abstract}", n_pairs=run["pairs_asked"])]
+            messages = teacher_conversation(templates.get(prompt_id), "{abstract}", run["pairs_asked"])
         parts += [f"The prompt `{prompt_id}` (system message, worked examples as earlier chat turns, then the abstract):",
                   "```text\n" + "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages) + "\n```"]
     return parts

@@ -471,7 +471,8 @@ def synthesize(
     return summary
 
 
-def _conversation(prompt: ChatTemplate, abstract: str, n_pairs: int) -> Messages:
+def teacher_conversation(prompt: ChatTemplate, abstract: str, n_pairs: int) -> Messages:
+    """The chat the teacher gets for one abstract (with "{abstract}": the prompt as a record shows it)."""
     return [m.model_dump() for m in prompt.prompt(abstract=abstract, n_pairs=n_pairs)]
 
 
@@ -480,7 +481,7 @@ def _run_batched(backend, papers, prompt, n_pairs, decoding, batch_size, finish)
     for start in range(0, len(papers), batch_size):
         batch = papers[start: start + batch_size]
         began = time.perf_counter()
-        replies = backend.chat([_conversation(prompt, p.abstract, n_pairs) for p in batch], decoding)
+        replies = backend.chat([teacher_conversation(prompt, p.abstract, n_pairs) for p in batch], decoding)
         seconds = (time.perf_counter() - began) / len(batch)
         for paper, reply in zip(batch, replies):
             finish(paper, reply[0], seconds)
@@ -493,7 +494,7 @@ def _run_concurrent(backend, papers, prompt, n_pairs, decoding, concurrency, fin
 
     def ask(paper: Paper) -> tuple[str, float]:
         began = time.perf_counter()
-        reply = backend.chat([_conversation(prompt, paper.abstract, n_pairs)], decoding)[0][0]
+        reply = backend.chat([teacher_conversation(prompt, paper.abstract, n_pairs)], decoding)[0][0]
         return reply, time.perf_counter() - began
 
     consecutive_failures = 0
@@ -575,5 +576,6 @@ def summarize(store: ResumableStore, filters: Filters, decoding: Decoding, promp
             "over_limit": f"beyond the first {filters.max_pairs} kept pairs of a paper",
             "turns_dropped": "follow-up turns removed because one failed the length, context or support checks",
         },
-        "last_run": {**run, "decoding": asdict(decoding), "prompt_messages": _conversation(prompt, "{abstract}", run["pairs_asked"])},
+        "last_run": {**run, "decoding": asdict(decoding),
+                     "prompt_messages": teacher_conversation(prompt, "{abstract}", run["pairs_asked"])},
     }
