@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import statistics
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -186,15 +187,17 @@ def compare_teachers(
             for contender in contenders:
                 label = contender.label
                 loads.switch(label)
+                # Timed here, not from the run summary: that rounds to 0.1 s, which is 0 for a quick round.
+                started = time.perf_counter()
                 summary = synthesize(corpus_dir, split, parse_spec(f"openai:{contender.served_name}"), outputs[label],
                                      limit=min(stop, limit), seed=seed, concurrency=concurrency, n_pairs=n_pairs,
                                      prompt=contender.prompt, decoding=decoding, timeout=timeout,
                                      base_url=contender.base_url, progress=False)
+                seconds[label] += time.perf_counter() - started
                 loads.switch(None)
                 run = summary["last_run"]
                 failed[label] += run["failed"]
                 errors[label] += run["errors"]
-                seconds[label] += run["seconds"]
                 row = teacher_row(read_progress(sidecar_paths(outputs[label])[0]), seconds[label], token_counters[label])
                 result["teachers"][label] = {**row, "prompt": contender.prompt.id, "failed_requests": failed[label],
                                              "errors": errors[label][:5], "load_average_1m": loads.summary(label),
