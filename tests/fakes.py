@@ -34,6 +34,7 @@ class FakeBackend(SeparatePasses):
 
     name = "fake:deterministic"
     model_ref = None
+    source_model = None
     batch_size = 1
     has_chat_template = True
     has_tokenizer = True

@@ -108,7 +108,7 @@ def test_title_page_asks_a_classify_then_title_model_after_its_own_category(home
     (run / "econlm_run.json").write_text(json.dumps({"templates": {"title": CLASSIFY_THEN_TITLE.id,
                                                                    "classify": CLASSIFY_THEN_TITLE.id}}))
     backend = FakeBackend()
-    backend.model_ref = ModelRef.parse(run)
+    backend.model_ref = backend.source_model = ModelRef.parse(run)
     at = start("title", backend)
     at.text_area[0].input(ABSTRACT)
     at.button[0].click().run()

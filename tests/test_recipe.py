@@ -246,3 +246,22 @@ def test_app_asks_a_classify_then_title_model_as_it_was_trained(early_run, paper
     asked.clear()
     tasks.suggest_titles(backend, abstract, after_category=False)
     assert asked == [[m.model_dump() for m in TITLE.prompt(abstract=abstract)]]
+
+
+def test_a_served_joint_run_is_asked_as_it_was_trained_through_the_openai_backend(early_run, monkeypatch):
+    """`econlm serve` reports its model's folder as `root` in /v1/models (as vLLM does for an
+    adapter), so an OpenAI-backend client on the same machine reads the run's record: eval and the
+    app then put the category turn first instead of asking with the plain title prompt."""
+    from econlm.backends.hf import TransformersBackend
+    from econlm.backends.openai import OpenAIBackend
+    from econlm.evaluate import trained_jointly, training_record
+    from econlm.serve import create_app, serving
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ECONLM_API_KEY", raising=False)
+    with serving(create_app(TransformersBackend(ModelRef.parse(early_run), batch_size=1), "econlm")) as url:
+        client = OpenAIBackend("econlm", base_url=f"{url}/v1", max_retries=0)
+        assert client.model_ref is None and client.source_model.path == early_run.resolve()
+        assert training_record(client.source_model) == training_record(ModelRef.parse(early_run))
+        assert trained_jointly(training_record(client.source_model), "title")
+        assert OpenAIBackend("other-name", base_url=f"{url}/v1", max_retries=0).source_model is None

@@ -75,9 +75,10 @@ def test_streaming_sends_deltas_then_done(base_url):
     assert streamed == chat(base_url, max_tokens=10, temperature=0).json()["choices"][0]["message"]["content"]
 
 
-def test_models_and_completions(base_url):
+def test_models_and_completions(base_url, backend):
     models = httpx.get(f"{base_url}/v1/models").json()
     assert [m["id"] for m in models["data"]] == ["econlm"]
+    assert models["data"][0]["root"] == backend.model_ref.source  # the served file, as vLLM reports it
     response = httpx.post(f"{base_url}/v1/completions", json={"model": "econlm", "prompt": ["Economics is", "GDP"], "max_tokens": 5, "temperature": 0}, timeout=60)
     assert response.status_code == 200
     assert [c["index"] for c in response.json()["choices"]] == [0, 1]
@@ -88,6 +89,30 @@ def test_econlm_openai_backend_talks_to_it(base_url):
     greedy = Decoding(max_new_tokens=8)
     reply = client.chat([HELLO], greedy)[0][0]
     assert reply and "".join(client.stream_chat(HELLO, greedy)) == reply
+    assert client.model_ref is None and client.source_model.kind == "gguf"  # from the model list's root
+
+
+def test_openai_backend_without_a_usable_model_list_has_no_source_model(tmp_path):
+    """A list without `root` (OpenAI's own), one whose root is not on this machine, or no list at
+    all: nothing local to read a training record from, and no error before the first request."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.routing import Route
+
+    entries = {"/v1/models": {"id": "econlm", "object": "model"},
+               "/elsewhere/v1/models": {"id": "econlm", "root": str(tmp_path / "not-here")}}
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": [entries[request.url.path]]})
+
+    async def missing(request):
+        return PlainTextResponse("no such route", status_code=404)
+
+    app = Starlette(routes=[Route("/v1/models", models), Route("/elsewhere/v1/models", models),
+                            Route("/bare/v1/models", missing)])
+    with serving(app) as url:
+        for prefix in ("", "/elsewhere", "/bare"):
+            assert OpenAIBackend("econlm", base_url=f"{url}{prefix}/v1", max_retries=0).source_model is None
 
 
 @pytest.mark.parametrize(

@@ -219,7 +219,7 @@ def evaluate(
         examples = few_shot_examples(corpus_dir, task, shots or FEW_SHOTS[task], seed)
     else:
         examples = []
-    training = training_record(backend.model_ref)
+    training = training_record(backend.source_model)
     expected = (TITLE if task == "title" else CLASSIFY).id
     trained_with = training.get("templates", {}).get(task) if training else None
     # A model trained on classify-then-title sequences is asked as it was trained: the category with

@@ -373,8 +373,15 @@ class ModelServer:
         from starlette.responses import JSONResponse
 
         return JSONResponse(
-            {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "econlm"}]}
+            {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created, "owned_by": "econlm",
+                                         **self._root()}]}
         )
+
+    def _root(self) -> dict[str, str]:
+        """The served model's path or name as vLLM reports it (`root`), so a client on this machine
+        can read how the model was trained (`OpenAIBackend.source_model`)."""
+        model = self.backend.model_ref
+        return {"root": model.source} if model is not None else {}
 
     async def health(self, request):
         from starlette.responses import JSONResponse

@@ -73,7 +73,7 @@ def title_after_category() -> bool:
     if "title_after_category" not in st.session_state:
         from econlm.evaluate import trained_jointly, training_record
 
-        st.session_state["title_after_category"] = trained_jointly(training_record(backend().model_ref), "title")
+        st.session_state["title_after_category"] = trained_jointly(training_record(backend().source_model), "title")
     return st.session_state["title_after_category"]
 
 

@@ -58,6 +58,9 @@ class Backend(Protocol):
 
     name: str  # the spec it runs, e.g. "transformers:econlm"; recorded in provenance
     model_ref: ModelRef | None  # the local model it runs; None for a remote endpoint
+    # The local model whose training record (econlm.evaluate.training_record) says how to prompt it:
+    # model_ref, or for an endpoint the model its server reports serving when that is on this machine.
+    source_model: ModelRef | None
     batch_size: int  # conversations per forward pass (1 where the engine runs one at a time)
 
     @property

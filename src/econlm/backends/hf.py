@@ -46,6 +46,7 @@ class TransformersBackend:
 
             torch.set_num_threads(n_threads)
         self.model_ref = model_ref
+        self.source_model = model_ref
         self.name = f"transformers:{model_ref}"
         self.dtype = dtype
         self.batch_size = batch_size

@@ -62,6 +62,7 @@ class LlamaCppBackend(SeparatePasses):
         path = model_ref.gguf_file()
         self.path = path
         self.model_ref = model_ref
+        self.source_model = model_ref
         self.name = f"llamacpp:{model_ref}"
         self.batch_size = 1  # llama.cpp runs one sequence at a time here
         self.progress = progress

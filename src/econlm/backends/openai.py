@@ -25,12 +25,15 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from econlm.backends import Decoding, Messages, SeparatePasses
 from econlm.errors import UserError
+from econlm.models import ModelRef
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -73,6 +76,23 @@ class OpenAIBackend(SeparatePasses):
             timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             limits=httpx.Limits(max_connections=concurrency),
         )
+
+    @cached_property
+    def source_model(self) -> ModelRef | None:
+        """The model the server reports serving under this name, when it is on this machine: the
+        `root` of its /v1/models entry, which vLLM sets to an adapter's folder (or the base model's
+        path) and `econlm serve` to its model's. So a served econlm run is prompted as it was trained."""
+        try:
+            listed = self._client.get("/models").json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None  # no model list here; a failing server says so on the first real request
+        roots = [entry.get("root") for entry in listed if isinstance(entry, dict) and entry.get("id") == self.model]
+        if not roots or not isinstance(roots[0], str) or not Path(roots[0]).exists():
+            return None
+        try:
+            return ModelRef.parse(roots[0])
+        except UserError:  # a path here that is no model: nothing to read
+            return None
 
     # -- the Backend protocol -------------------------------------------------------------
 
@@ -163,7 +183,7 @@ class OpenAIBackend(SeparatePasses):
         except (KeyError, IndexError, TypeError):
             raise UserError(
                 f"{self.base_url}: the endpoint returned no log-probabilities, so it cannot score options "
-                "(classification); use a server with `logprobs` support (vLLM, OpenAI, llama.cpp server) "
+                "(classification, and the category turn before a classify-then-title model's title); use a server with `logprobs` support (vLLM, OpenAI, llama.cpp server) "
                 "or the transformers backend"
             ) from None
         scores = []
