@@ -183,7 +183,8 @@ class OpenAIBackend(SeparatePasses):
         except (KeyError, IndexError, TypeError):
             raise UserError(
                 f"{self.base_url}: the endpoint returned no log-probabilities, so it cannot score options "
-                "(classification, and the category turn before a classify-then-title model's title); use a server with `logprobs` support (vLLM, OpenAI, llama.cpp server) "
+                "(classification, and the category turn before a classify-then-title model's title); "
+                "use a server with `logprobs` support (vLLM, OpenAI, llama.cpp server) "
                 "or the transformers backend"
             ) from None
         scores = []
