@@ -125,6 +125,33 @@ def test_a_checkpoint_in_the_saved_format_resumes_to_the_same_result(small_corpu
     assert resumed_state["best_step"] == final_state["best_step"]
 
 
+def test_a_checkpoint_without_optimizer_state_resumes_with_a_fresh_optimizer_and_a_new_warm_up(
+        small_corpus, tmp_path, capsys):
+    config = load_config("debug", [f"data.corpus={small_corpus}", "train.max_steps=8", "train.checkpoint_every=2",
+                                   "train.eval_every=3", "train.keep_checkpoints=4", "train.warmup_ratio=0.25"])
+    reference = train(config, tmp_path / "reference", progress=False)
+    ref_rows = {r["step"]: r for r in map(json.loads, (reference / "train_log.jsonl").read_text().splitlines())
+                if "loss" in r}
+    run = shutil.copytree(reference, tmp_path / "carried")
+
+    for attempt in range(2):  # a second resume from the same checkpoint records the restart once
+        for later in ("step-6", "step-8"):
+            shutil.rmtree(run / "checkpoints" / later, ignore_errors=True)
+        (run / "checkpoints" / "step-4" / "optimizer.pt").unlink(missing_ok=True)
+        resume(run, progress=False)
+    assert "checkpoint step-4 has no optimizer.pt" in capsys.readouterr().err
+
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert [r for r in rows if "event" in r] == [{"step": 4, "event": "optimizer_restart", "rewarm_steps": 2}]
+    got = {r["step"]: r for r in rows if "loss" in r}
+    assert got[5]["loss"] == pytest.approx(ref_rows[5]["loss"], abs=1e-6)  # the weights, RNG and data of step 4
+    assert got[5]["lr"] == pytest.approx(ref_rows[5]["lr"] / 2)  # the schedule, replayed, then ramped
+    assert [got[s]["lr"] for s in (6, 7, 8)] == pytest.approx([ref_rows[s]["lr"] for s in (6, 7, 8)])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["steps_done"] == 8 and metrics["optimizer_restarts"] == [4]
+    assert json.loads((reference / "metrics.json").read_text())["optimizer_restarts"] == []
+
+
 def test_a_trainer_state_with_other_fields_is_refused(tmp_path):
     path = tmp_path / "checkpoints" / "step-2" / "trainer_state.json"
     path.parent.mkdir(parents=True)

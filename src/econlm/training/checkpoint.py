@@ -10,6 +10,10 @@ Because the directory only gets its final name (`os.replace`) once everything in
 a kill at any moment leaves either a complete `step-N` or a `.step-N.*.tmp` leftover that is
 removed on the next start and never loaded. Optimizer state is a torch pickle of tensors and
 numbers, read back with `weights_only=True` (no arbitrary code), and only from this run directory.
+
+The optimizer state (Adam's moments: twice the adapter's size) may be left out of a checkpoint
+carried to another machine. The run then resumes approximately: the schedule is replayed to the
+step, the moments start from zero, and the trainer ramps the learning rate up again.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +33,7 @@ from econlm.io import atomic_dir, atomic_write_json
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 # Test hooks (the only ones), so a test can SIGKILL a save at a chosen point deterministically;
@@ -129,7 +135,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, rng_per_process:
         model.save_pretrained(tmp, safe_serialization=True, save_embedding_layers=False)
         if os.environ.get(PAUSE_ENV):
             time.sleep(float(os.environ[PAUSE_ENV]))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / OPTIMIZER_FILE)
         rng = {_rng_key(name, rank): tensor
                for rank, states in enumerate(rng_per_process) for name, tensor in states.items()}
         save_file(rng, str(tmp / "rng.safetensors"))
@@ -144,9 +150,15 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, rng_per_process:
     return final
 
 
+def has_optimizer_state(path: Path) -> bool:
+    """Whether checkpoint `path` resumes exactly: with the optimizer state it was saved with."""
+    return (path / OPTIMIZER_FILE).is_file()
+
+
 def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> TrainState:
     """Restore LoRA weights, optimizer, scheduler and process `rank`'s RNG from a checkpoint;
-    returns its trainer state."""
+    returns its trainer state. Without its optimizer state the optimizer is left as built and the
+    schedule is replayed up to the checkpoint's step."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -158,9 +170,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> T
     result = set_peft_model_state_dict(model, weights)
     if getattr(result, "unexpected_keys", None):
         raise RuntimeError(f"{path}: adapter weights do not fit the model ({result.unexpected_keys[:3]})")
-    states = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(states["optimizer"])
-    scheduler.load_state_dict(states["scheduler"])
+    if has_optimizer_state(path):
+        states = torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(states["optimizer"])
+        scheduler.load_state_dict(states["scheduler"])
+    else:
+        _replay_schedule(scheduler, state.step)
     rng = load_file(str(path / "rng.safetensors"))
     if _rng_key("cpu", rank) not in rng:
         raise UserError(f"{path}: has no RNG state for process {rank}; resume with the launch the run started with")
@@ -168,3 +183,13 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, rank: int = 0) -> T
     if _rng_key("cuda", rank) in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(list(rng[_rng_key("cuda", rank)]))
     return state
+
+
+def _replay_schedule(scheduler, steps: int) -> None:
+    """Step a fresh LR scheduler `steps` times: the warm-up + cosine schedule is a function of the
+    step alone, so this reaches the saved one. torch warns that no optimizer step came first; here
+    that is the point."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        for _ in range(steps):
+            scheduler.step()

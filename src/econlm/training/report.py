@@ -1,4 +1,4 @@
-"""What a run writes for people: train_log.jsonl (one row per logged step or evaluation) and
+"""What a run writes for people: train_log.jsonl (one row per logged step, evaluation or optimizer restart) and
 train_curve.png (training loss and per-task validation loss against steps)."""
 
 from __future__ import annotations

@@ -47,8 +47,10 @@ from econlm.io import atomic_dir, atomic_write_json, sha256_file
 from econlm.models import ModelRef
 from econlm.training import init_adapter
 from econlm.training.checkpoint import (
+    OPTIMIZER_FILE,
     TrainState,
     checkpoint_dirs,
+    has_optimizer_state,
     load_checkpoint,
     prune_checkpoints,
     remove_partial_saves,
@@ -243,8 +245,13 @@ def build_optimizer(config: TrainConfig, model, total_steps: int):
 
         cls = bnb.optim.PagedAdamW8bit if settings.optimizer == "paged_adamw_8bit" else bnb.optim.PagedAdamW32bit
         optimizer = cls(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(settings.warmup_ratio * total_steps), total_steps)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps(settings, total_steps), total_steps)
     return optimizer, scheduler
+
+
+def warmup_steps(settings, total_steps: int) -> int:
+    """Steps of the linear LR warm-up: train.warmup_ratio of the run."""
+    return round(settings.warmup_ratio * total_steps)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -322,6 +329,7 @@ class Run:
     unwrapped: Any  # the peft model itself: what is evaluated and saved
     optimizer: Any
     scheduler: Any
+    rewarm: tuple[int, int] | None  # (first step, steps): the LR ramp after a resume without optimizer state
 
     def __init__(self, config: TrainConfig, run_dir: Path, resuming: bool, progress: bool = True,
                  preset: str | None = None):
@@ -332,6 +340,7 @@ class Run:
         self.progress = progress
         self.log = TrainLog(run_dir)
         self.state = TrainState()
+        self.rewarm = None
 
     def fit(self) -> Path:
         self._resolve_models()
@@ -424,15 +433,30 @@ class Run:
         self.unwrapped = self.accelerator.unwrap_model(self.model)
 
     def _resume(self) -> None:
-        """Continue from the latest complete checkpoint: weights, optimizer, scheduler, RNG and state."""
+        """Continue from the latest complete checkpoint: weights, optimizer, scheduler, RNG and state
+        (or all but the optimizer, with the learning rate ramped up again)."""
         if self.resuming and (found := checkpoint_dirs(self.run_dir)):
             step, path = found[-1]
             self.state = load_checkpoint(path, self.unwrapped, self.optimizer, self.scheduler,
                                          self.accelerator.process_index)
             if self.is_main:
                 print(f"resuming from {path} (step {step} of {self.schedule.total_steps})", file=sys.stderr)
+            if not (has_optimizer_state(path) or self.state.finished):
+                self.rewarm = (step, max(1, warmup_steps(self.config.train, self.schedule.total_steps)))
         if self.is_main:
             self.log.rewind(self.state.step)
+            if self.rewarm:
+                self._record_optimizer_restart()
+
+    def _record_optimizer_restart(self) -> None:
+        """Say, and log once, that the run goes on from a checkpoint without optimizer state: from
+        here it is no longer the run an uninterrupted one would have been."""
+        step, steps = self.rewarm
+        print(f"{self.run_dir}: checkpoint step-{step} has no {OPTIMIZER_FILE}: Adam's moments start from "
+              f"zero and the learning rate ramps up again over {steps} steps (not an exact resume)", file=sys.stderr)
+        row = {"step": step, "event": "optimizer_restart", "rewarm_steps": steps}
+        if row not in self.log.rows():
+            self.log.append(row)
 
     def _complete_bookkeeping(self) -> None:
         """Finish what a run killed after its final checkpoint left undone (metrics.json still
@@ -524,7 +548,11 @@ class Run:
             loss_sum += batch_loss.detach()
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = accelerator.clip_grad_norm_(params, settings.max_grad_norm or float("inf"))
-        lr = self.scheduler.get_last_lr()[0]
+        if self.rewarm and step < self.rewarm[0] + self.rewarm[1]:
+            ramp = (step - self.rewarm[0] + 1) / self.rewarm[1]
+            for group, scheduled in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = scheduled * ramp  # the scheduler's next step sets it from the schedule again
+        lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -656,6 +684,7 @@ class Run:
             # CPU time of this process (all threads): what the work cost, unaffected by other load on a shared machine.
             "train_cpu_seconds": round(state.train_cpu_seconds, 1),
             "tokens_per_cpu_s": round(state.train_tokens / state.train_cpu_seconds, 1) if state.train_cpu_seconds else None,
+            "optimizer_restarts": [r["step"] for r in rows if r.get("event") == "optimizer_restart"],
         })
 
 
