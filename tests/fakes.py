@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from econlm.backends import Decoding, Messages, SeparatePasses
+from econlm.backends import Decoding, Messages, SeparatePasses, TokenLogprob
 from econlm.rag.answer import DOCS_CLOSE, DOCS_OPEN
 from econlm.rag.retriever import stop_words, tokenize
 
@@ -79,6 +79,16 @@ class FakeBackend(SeparatePasses):
     def stream_chat(self, conversation: Messages, decoding: Decoding = Decoding()) -> Iterator[str]:
         for piece in re.findall(r"\S+\s*", self._reply(conversation, 0)):
             yield piece
+
+    def chat_with_logprobs(self, conversation: Messages, decoding: Decoding,
+                           top_logprobs: int) -> list[tuple[str, list[TokenLogprob]]]:
+        """Each word a token, at log-probability -0.25, ahead of alternatives that are less likely."""
+        replies = []
+        for reply in self.chat([conversation], decoding)[0]:
+            alternatives = [(f"<alt{k}>", -1.0 - k) for k in range(top_logprobs - 1)]
+            replies.append((reply, [TokenLogprob(piece, -0.25, tuple([(piece, -0.25), *alternatives][:top_logprobs]))
+                                    for piece in re.findall(r"\S+\s*", reply)]))
+        return replies
 
     def complete(self, prompts: Sequence[str], decoding: Decoding = Decoding(), stop: Sequence[str] = ()) -> list[list[str]]:
         """A title from the first line of the last abstract in each prompt, cut before the first stop string."""

@@ -13,6 +13,7 @@ import pytest
 
 from econlm.backends import Backend, Decoding, get_backend
 from econlm.errors import UserError
+from econlm.serve import token_logprobs
 from fakes import FakeBackend
 from gguf_models import tiny_gguf, tiny_model_dir
 
@@ -31,9 +32,7 @@ SAMPLED = Decoding(max_new_tokens=6, temperature=0.8, top_p=0.95, num_return_seq
 
 class FakeEndpoint:
     """/v1/chat/completions over `FakeBackend`: replies (with `n`), server-sent events, and
-    first-token log-probabilities, as vLLM or OpenAI answer them."""
-
-    TOP_LOGPROBS = [{"token": "Econ", "logprob": -0.4}, {"token": " General", "logprob": -1.6}, {"token": "The", "logprob": -2.3}]
+    the replies' token log-probabilities, as vLLM or OpenAI answer them."""
 
     def __init__(self) -> None:
         model = FakeBackend()
@@ -51,10 +50,14 @@ class FakeEndpoint:
                               for piece in model.stream_chat(body["messages"], decoding)]
                     return self._send("text/event-stream",
                                       "".join(f"data: {json.dumps(event)}\n\n" for event in events) + "data: [DONE]\n\n")
-                replies = model.chat([body["messages"]], decoding)[0]
-                choices = [{"index": i, "message": {"role": "assistant", "content": text}} for i, text in enumerate(replies)]
                 if body.get("logprobs"):
-                    choices[0]["logprobs"] = {"content": [{**FakeEndpoint.TOP_LOGPROBS[0], "top_logprobs": FakeEndpoint.TOP_LOGPROBS}]}
+                    scored = model.chat_with_logprobs(body["messages"], decoding, body.get("top_logprobs") or 0)
+                    replies, logprobs = [text for text, _ in scored], [{"content": token_logprobs(t)} for _, t in scored]
+                else:
+                    replies = model.chat([body["messages"]], decoding)[0]
+                    logprobs = [None] * len(replies)
+                choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp}
+                           for i, (text, lp) in enumerate(zip(replies, logprobs))]
                 self._send("application/json", json.dumps({"choices": choices}))
 
             def _send(self, content_type: str, text: str) -> None:
@@ -134,6 +137,19 @@ def test_stream_chat_joins_to_the_greedy_chat_reply(backend):
     pieces = list(backend.stream_chat(CONVERSATIONS[1], GREEDY))
     assert all(isinstance(piece, str) and piece for piece in pieces)
     assert "".join(pieces) == backend.chat([CONVERSATIONS[1]], GREEDY)[0][0]
+
+
+def test_chat_with_logprobs_gives_the_chat_reply_token_by_token_with_the_likeliest_first(backend):
+    [(text, tokens)] = backend.chat_with_logprobs(CONVERSATIONS[1], GREEDY, top_logprobs=3)
+    assert text == backend.chat([CONVERSATIONS[1]], GREEDY)[0][0]
+    assert tokens and "".join(t.token for t in tokens) == text
+    for token in tokens:
+        alternatives = [logprob for _, logprob in token.top]
+        assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True)
+        assert math.isfinite(token.logprob) and token.logprob <= 0.0
+        assert token.logprob == pytest.approx(alternatives[0], abs=1e-4)  # greedy: the likeliest token
+    sampled = backend.chat_with_logprobs(CONVERSATIONS[1], SAMPLED, top_logprobs=0)
+    assert len(sampled) == 2 and all(token.top == () for _, tokens in sampled for token in tokens)
 
 
 def test_score_options_one_finite_log_likelihood_per_option(backend):

@@ -248,13 +248,15 @@ def test_app_asks_a_classify_then_title_model_as_it_was_trained(early_run, paper
     assert asked == [[m.model_dump() for m in TITLE.prompt(abstract=abstract)]]
 
 
-def test_a_served_joint_run_is_asked_as_it_was_trained_through_the_openai_backend(early_run, monkeypatch):
+def test_a_served_joint_run_is_asked_as_it_was_trained_through_the_openai_backend(early_run, small_corpus,
+                                                                                    tmp_path, monkeypatch):
     """`econlm serve` reports its model's folder as `root` in /v1/models (as vLLM does for an
     adapter), so an OpenAI-backend client on the same machine reads the run's record: eval and the
-    app then put the category turn first instead of asking with the plain title prompt."""
+    app then put the category turn first instead of asking with the plain title prompt. The server's
+    `logprobs` let that client choose the category."""
     from econlm.backends.hf import TransformersBackend
     from econlm.backends.openai import OpenAIBackend
-    from econlm.evaluate import trained_jointly, training_record
+    from econlm.evaluate import evaluate, trained_jointly, training_record
     from econlm.serve import create_app, serving
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -265,3 +267,7 @@ def test_a_served_joint_run_is_asked_as_it_was_trained_through_the_openai_backen
         assert training_record(client.source_model) == training_record(ModelRef.parse(early_run))
         assert trained_jointly(training_record(client.source_model), "title")
         assert OpenAIBackend("other-name", base_url=f"{url}/v1", max_retries=0).source_model is None
+        report = evaluate(client, "title", small_corpus, tmp_path / "served", limit=2)
+    assert report.provenance["prompt_template"] == CLASSIFY_THEN_TITLE.id
+    asked = [json.loads(line) for line in (tmp_path / "served" / "predictions.jsonl").read_text().splitlines()]
+    assert len(asked) == 2 and all(row["prediction"] for row in asked)

@@ -5,6 +5,7 @@ keeps serving; a full wait queue is a 503, never a lost request; a bounded load 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -92,6 +93,31 @@ def test_econlm_openai_backend_talks_to_it(base_url):
     assert client.model_ref is None and client.source_model.kind == "gguf"  # from the model list's root
 
 
+def test_the_official_openai_client_gets_each_reply_tokens_log_probabilities(base_url, backend):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    completion = client.chat.completions.create(model="econlm", messages=HELLO, max_tokens=8, temperature=0,
+                                                logprobs=True, top_logprobs=2)
+    choice = completion.choices[0]
+    content = choice.logprobs.content
+    assert "".join(t.token for t in content) == choice.message.content
+    assert all(len(t.top_logprobs) == 2 and bytes(t.bytes).decode() == t.token for t in content)
+    [(text, tokens)] = backend.chat_with_logprobs(HELLO, Decoding(max_new_tokens=8), top_logprobs=2)
+    assert choice.message.content == text
+    assert [t.logprob for t in content] == pytest.approx([t.logprob for t in tokens], abs=1e-6)
+    plain = client.chat.completions.create(model="econlm", messages=HELLO, max_tokens=4, temperature=0)
+    assert plain.choices[0].logprobs is None
+
+
+def test_the_openai_backend_scores_options_through_it(base_url):
+    """Classification through `openai:` (the first reply token's top log-probabilities), which an
+    endpoint without `logprobs` refuses."""
+    client = OpenAIBackend("econlm", base_url=f"{base_url}/v1", max_retries=0)
+    [scores] = client.score_options([HELLO], ["Econometrics", "General Economics", "Theoretical Economics"])
+    assert len(scores) == 3 and all(math.isfinite(s) and s <= 0.0 for s in scores)
+
+
 def test_openai_backend_without_a_usable_model_list_has_no_source_model(tmp_path):
     """A list without `root` (OpenAI's own), one whose root is not on this machine, or no list at
     all: nothing local to read a training record from, and no error before the first request."""
@@ -125,6 +151,9 @@ def test_openai_backend_without_a_usable_model_list_has_no_source_model(tmp_path
         (json.dumps({"model": "gpt-4", "messages": HELLO}).encode(), 404, "does not exist"),
         (json.dumps({"model": "econlm", "messages": HELLO, "max_tokens": 10_000}).encode(), 400, "over this server's limit"),
         (json.dumps({"model": "econlm", "messages": HELLO, "temperature": -1}).encode(), 400, "temperature"),
+        (json.dumps({"model": "econlm", "messages": HELLO, "top_logprobs": 2}).encode(), 400, "needs logprobs=true"),
+        (json.dumps({"model": "econlm", "messages": HELLO, "logprobs": True, "top_logprobs": 21}).encode(), 400, "top_logprobs"),
+        (json.dumps({"model": "econlm", "messages": HELLO, "logprobs": True, "stream": True}).encode(), 400, "not supported with stream"),
         (json.dumps({"model": "econlm", "messages": [{"role": "user", "content": "x" * 30_000}]}).encode(), 413, "request body over"),
         (json.dumps({"model": "econlm", "messages": [{"role": "user", "content": "word " * 3000}], "max_tokens": 8}).encode(), 400, "exceeds the context"),
     ],

@@ -1,7 +1,8 @@
 """An OpenAI-compatible HTTP API over one econlm backend, so the app, notebooks and other tools
 (the `openai` client, LangChain, curl) talk to one server.
 
-    POST /v1/chat/completions   (stream=true: server-sent events, `data: {...}` ... `data: [DONE]`)
+    POST /v1/chat/completions   (stream=true: server-sent events, `data: {...}` ... `data: [DONE]`;
+                                 logprobs=true, top_logprobs=K: each reply token's log-probability)
     POST /v1/completions        plain-text prompts (base models)
     GET  /v1/models             the one model this server holds
     GET  /health
@@ -41,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from econlm.backends import Backend, Decoding, EngineSpec, get_backend
+from econlm.backends import Backend, Decoding, EngineSpec, TokenLogprob, get_backend
 from econlm.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ class ServerLimits:
 
 
 class _Request(BaseModel):
-    # OpenAI clients send fields econlm has no use for (user, logprobs=false, ...): ignore them.
+    # OpenAI clients send fields econlm has no use for (user, presence_penalty, ...): ignore them.
     model_config = ConfigDict(extra="ignore")
 
     model: str
@@ -97,6 +98,8 @@ class _ChatMessage(BaseModel):
 class ChatRequest(_Request):
     messages: list[_ChatMessage] = Field(min_length=1)
     stop: str | list[str] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # OpenAI's range
 
 
 class CompletionRequest(_Request):
@@ -270,17 +273,26 @@ class ModelServer:
         self._check_generated_tokens(1, decoding)
         if req.stop:
             raise RequestError(400, "stop sequences are not supported for chat completions", param="stop")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise RequestError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         conversation = [{"role": m.role, "content": m.content} for m in req.messages]
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
             if req.n != 1:
                 raise RequestError(400, "stream=true supports n=1 only", param="n")
+            if req.logprobs:
+                raise RequestError(400, "logprobs are not supported with stream=true", param="logprobs")
             self._check_capacity()  # a full queue is a 503 before the stream starts
             return StreamingResponse(self._chat_events(completion_id, conversation, decoding), media_type="text/event-stream")
         async with self._model_turn():
             await self._ensure_connected(request, "while its request waited for the model")
             await self._call(self._check_prompt_tokens, lambda: [self.backend.chat_prompt(conversation)])
-            replies = (await self._call(self.backend.chat, [conversation], decoding))[0]
+            if req.logprobs:
+                scored = await self._call(self.backend.chat_with_logprobs, conversation, decoding, req.top_logprobs or 0)
+                replies, logprobs = [text for text, _ in scored], [{"content": token_logprobs(tokens)} for _, tokens in scored]
+            else:
+                replies = (await self._call(self.backend.chat, [conversation], decoding))[0]
+                logprobs = [None] * len(replies)
             # Token counts too hold the model turn: a tokenizer is no safer to share than the model.
             body = {
                 "id": completion_id,
@@ -288,8 +300,9 @@ class ModelServer:
                 "created": int(time.time()),
                 "model": self.model_name,
                 "choices": [
-                    {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": self._finish_reason(text, decoding.max_new_tokens)}
-                    for i, text in enumerate(replies)
+                    {"index": i, "message": {"role": "assistant", "content": text}, "logprobs": choice_logprobs,
+                     "finish_reason": self._finish_reason(text, decoding.max_new_tokens)}
+                    for i, (text, choice_logprobs) in enumerate(zip(replies, logprobs))
                 ],
             }
             if (usage := self._usage(lambda: self.backend.chat_prompt(conversation), replies)) is not None:
@@ -387,6 +400,14 @@ class ModelServer:
         from starlette.responses import JSONResponse
 
         return JSONResponse({"status": "ok", "model": self.model_name, "backend": self.backend.name, "waiting": self._waiting})
+
+
+def token_logprobs(tokens: list[TokenLogprob]) -> list[dict[str, Any]]:
+    """A reply's tokens in OpenAI's `logprobs.content` form (each with its UTF-8 bytes)."""
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    return [{**entry(t.token, t.logprob), "top_logprobs": [entry(*alt) for alt in t.top]} for t in tokens]
 
 
 class _InternalErrors:

@@ -48,6 +48,17 @@ class Decoding:
         return self.temperature == 0.0
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token as OpenAI's `logprobs.content` reports it: its text, its log-probability
+    under the model (temperature 1, before any sampling setting) and the `top` most likely tokens
+    at its position with theirs, most likely first."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
 @runtime_checkable
 class Backend(Protocol):
     """What evaluation, the app, Q&A, serving and the benchmarks may use of a model, whatever runs it.
@@ -92,6 +103,12 @@ class Backend(Protocol):
 
     def stream_chat(self, conversation: Messages, decoding: Decoding = Decoding()) -> Iterator[str]:
         """The assistant reply for one conversation, yielded piece by piece as it is generated."""
+        ...
+
+    def chat_with_logprobs(self, conversation: Messages, decoding: Decoding,
+                           top_logprobs: int) -> list[tuple[str, list[TokenLogprob]]]:
+        """`num_return_sequences` replies to one conversation, each with its tokens' log-probabilities
+        and the `top_logprobs` most likely tokens at each (what a server's `logprobs` answers with)."""
         ...
 
     def complete(self, prompts: Sequence[str], decoding: Decoding = Decoding(), stop: Sequence[str] = ()) -> list[list[str]]:

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from econlm.backends import Decoding, Messages
+from econlm.backends import Decoding, Messages, TokenLogprob
 from econlm.errors import UserError
 from econlm.models import ModelRef, load_model
 
@@ -187,6 +187,39 @@ class TransformersBackend:
             for k, i in enumerate(batch):
                 results[i] = [_cut(t, stop) for t in texts[k * n: (k + 1) * n]]
         return results
+
+    def chat_with_logprobs(self, conversation: Messages, decoding: Decoding,
+                           top_logprobs: int) -> list[tuple[str, list[TokenLogprob]]]:
+        """Replies with the log-softmax of each step's raw logits (generate's `output_logits`, which
+        holds one vocabulary-sized row per generated token until the call returns)."""
+        import torch
+
+        if decoding.num_beams != 1:
+            raise UserError("log-probabilities are given for greedy or sampled replies, not for beam search")
+        ids, mask, _ = self._left_pad(self._encode([self.chat_prompt(conversation)], add_special_tokens=False))
+        if not decoding.greedy:
+            torch.manual_seed(decoding.seed)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=mask, output_logits=True,
+                                      return_dict_in_generate=True, **self._generation_kwargs(decoding, ()))
+        new_ids = out.sequences[:, ids.shape[1]:].tolist()
+        eos, special = self.tokenizer.eos_token_id, set(self.tokenizer.all_special_ids)
+        lengths = [row.index(eos) if eos in row else len(row) for row in new_ids]  # padding follows the end
+        tokens: list[list[TokenLogprob]] = [[] for _ in new_ids]
+        for step, logits in enumerate(out.logits):
+            logprobs = logits.float().log_softmax(-1)
+            top_values, top_ids = logprobs.topk(top_logprobs, dim=-1)
+            for row, reply_ids in enumerate(new_ids):
+                token_id = reply_ids[step]
+                if step >= lengths[row] or token_id in special:  # as the reply's text, which skips special tokens
+                    continue
+                top = tuple(zip(map(self._token_text, top_ids[row].tolist()), top_values[row].tolist()))
+                tokens[row].append(TokenLogprob(self._token_text(token_id), logprobs[row, token_id].item(), top))
+        return [(self.tokenizer.decode(row, skip_special_tokens=True), row_tokens)
+                for row, row_tokens in zip(new_ids, tokens)]
+
+    def _token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
 
     def stream_chat(self, conversation: Messages, decoding: Decoding = Decoding()) -> Iterator[str]:
         """The reply for one conversation, piece by piece (generate runs in a worker thread)."""

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from econlm.backends import Decoding, Messages, SeparatePasses
+from econlm.backends import Decoding, Messages, SeparatePasses, TokenLogprob
 from econlm.errors import MissingExtraError, UserError
 from econlm.models import ModelRef
 
@@ -175,6 +175,26 @@ class LlamaCppBackend(SeparatePasses):
             self._complete_ids(self.tokenize(self.chat_prompt(c)), decoding)
             for c in tqdm(conversations, desc="generate", unit="ex", disable=not self.progress or len(conversations) < 2)
         ]
+
+    def chat_with_logprobs(self, conversation: Messages, decoding: Decoding,
+                           top_logprobs: int) -> list[tuple[str, list[TokenLogprob]]]:
+        """Replies generated on the scoring context: llama.cpp reports log-probabilities only from
+        a context that keeps the logits of every position."""
+        prompt_ids = self.tokenize(self.chat_prompt(conversation))
+        self._check_fits(len(prompt_ids), decoding.max_new_tokens)
+        replies = []
+        with self._lock:
+            scorer = self._scoring_context()
+            for k in range(decoding.num_return_sequences):
+                choice = scorer.create_completion(prompt_ids, max_tokens=decoding.max_new_tokens, logprobs=top_logprobs,
+                                                  **self._sampling(decoding, k))["choices"][0]
+                found = choice["logprobs"]
+                # Each position's top tokens come most likely first, then the chosen one if it is not
+                # among them; the log-probabilities are numpy floats.
+                tokens = [TokenLogprob(token, float(logprob), tuple((alt, float(lp)) for alt, lp in top.items())[:top_logprobs])
+                          for token, logprob, top in zip(found["tokens"], found["token_logprobs"], found["top_logprobs"])]
+                replies.append((choice["text"], tokens))
+        return replies
 
     def complete(self, prompts: Sequence[str], decoding: Decoding = Decoding(), stop: Sequence[str] = ()) -> list[list[str]]:
         """Plain-text continuations (base models), each cut before the first `stop` string."""

@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from econlm.backends import Decoding, Messages, SeparatePasses
+from econlm.backends import Decoding, Messages, SeparatePasses, TokenLogprob
 from econlm.errors import UserError
 from econlm.models import ModelRef
 
@@ -160,40 +160,51 @@ class OpenAIBackend(SeparatePasses):
         return body
 
     def _replies(self, conversation: Messages, decoding: Decoding) -> list[str]:
-        """`num_return_sequences` replies; servers that ignore `n` are asked again (new seeds)."""
+        return [_content(choice) for choice in self._choices(conversation, decoding)]
+
+    def _choices(self, conversation: Messages, decoding: Decoding, **fields) -> list[dict]:
+        """`num_return_sequences` choices (with `fields` added to each request); servers that
+        ignore `n` are asked again (new seeds)."""
         wanted = decoding.num_return_sequences
-        replies: list[str] = []
-        while len(replies) < wanted:
-            body = self._body(conversation, decoding, n=wanted - len(replies), seed=decoding.seed + len(replies))
-            choices = self._send(body).json().get("choices") or []
-            if not choices:
+        choices: list[dict] = []
+        while len(choices) < wanted:
+            body = {**self._body(conversation, decoding, n=wanted - len(choices), seed=decoding.seed + len(choices)),
+                    **fields}
+            found = self._send(body).json().get("choices") or []
+            if not found:
                 raise UserError(f"{self.base_url}: the reply holds no choices")
-            replies.extend((c.get("message") or {}).get("content") or "" for c in choices)
-        return replies[:wanted]
+            choices.extend(found)
+        return choices[:wanted]
+
+    def chat_with_logprobs(self, conversation: Messages, decoding: Decoding,
+                           top_logprobs: int) -> list[tuple[str, list[TokenLogprob]]]:
+        replies = []
+        for choice in self._choices(conversation, decoding, logprobs=True, top_logprobs=top_logprobs):
+            content = (choice.get("logprobs") or {}).get("content")
+            if not isinstance(content, list):
+                raise UserError(
+                    f"{self.base_url}: the endpoint returned no log-probabilities, so it cannot score options "
+                    "(classification, and the category turn before a classify-then-title model's title); "
+                    "use a server with `logprobs` support (vLLM, OpenAI, econlm serve, llama.cpp server) "
+                    "or the transformers backend")
+            replies.append((_content(choice), [
+                TokenLogprob(t["token"], t["logprob"], tuple((alt["token"], alt["logprob"]) for alt in t.get("top_logprobs") or []))
+                for t in content]))
+        return replies
 
     def _score(self, conversation: Messages, options: Sequence[str]) -> list[float]:
-        body = {
-            **self._body(conversation, Decoding(max_new_tokens=1), n=1),
-            "logprobs": True,
-            "top_logprobs": TOP_LOGPROBS,
-        }
-        payload = self._send(body).json()
-        try:
-            top = payload["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        except (KeyError, IndexError, TypeError):
-            raise UserError(
-                f"{self.base_url}: the endpoint returned no log-probabilities, so it cannot score options "
-                "(classification, and the category turn before a classify-then-title model's title); "
-                "use a server with `logprobs` support (vLLM, OpenAI, llama.cpp server) "
-                "or the transformers backend"
-            ) from None
+        tokens = self.chat_with_logprobs(conversation, Decoding(max_new_tokens=1), TOP_LOGPROBS)[0][1]
+        if not tokens or not tokens[0].top:
+            raise UserError(f"{self.base_url}: the reply's first token came without its most likely alternatives, "
+                            "so the options cannot be scored")
+        top = tokens[0].top
         scores = []
         for option in options:
             # Every returned first token that starts this option (" Econ", "E", "Econom") is a way
             # to begin it; their probabilities add up.
-            matching = [t["logprob"] for t in top if t["token"].strip() and option.startswith(t["token"].lstrip())]
+            matching = [logprob for token, logprob in top if token.strip() and option.startswith(token.lstrip())]
             # An option outside the top tokens gets the smallest returned log-probability: an upper bound.
-            scores.append(_logsumexp(matching) if matching else min(t["logprob"] for t in top))
+            scores.append(_logsumexp(matching) if matching else min(logprob for _, logprob in top))
         return scores
 
     def _send(self, body: dict, stream: bool = False):
@@ -241,6 +252,10 @@ class OpenAIBackend(SeparatePasses):
 def _key_from_environment(base_url: str) -> str | None:
     own_server_key = os.environ.get("ECONLM_API_KEY") if base_url != DEFAULT_BASE_URL else None
     return own_server_key or os.environ.get("OPENAI_API_KEY")
+
+
+def _content(choice: dict) -> str:
+    return (choice.get("message") or {}).get("content") or ""
 
 
 def _error_text(payload: object) -> str:
