@@ -6,6 +6,9 @@ classify-then-title sequences are then every contender's examples).
 Contenders (each in a fresh process, one after another, so peak RSS is per contender):
   A  Trainer + peft LoRA, fp32, every example padded to 512 tokens (the common QLoRA-notebook set-up)
   B  Trainer + peft LoRA, fp32, dynamic padding to the longest example in the batch
+  C  B with Trainer's bf16 autocast (`bf16=True`), run where econlm's preset itself autocasts to
+     bf16 (a CPU with native bf16 dot products): there A and B's fp32 leaves part of econlm's lead
+     to a setting any Trainer user can switch on, and C is the comparison that isolates the trainer
   econlm  `econlm.training.train` with the preset's settings, on jemalloc (econlm.allocator)
   econlm on glibc malloc  the same trainer on the system allocator: what jemalloc buys, which
           grows with the number of steps (glibc's heap fragments as shapes change; try --steps 64)
@@ -61,6 +64,12 @@ def _encoded(config):
     return base, tokenizer, train, val
 
 
+def _econlm_autocasts(config) -> bool:
+    from econlm.training.trainer import autocast_dtype
+
+    return autocast_dtype(config, "cpu") is not None
+
+
 def _val_loss(model, val, tokenizer) -> float:
     import torch
 
@@ -70,8 +79,9 @@ def _val_loss(model, val, tokenizer) -> float:
     return sum(losses.values()) / len(losses)
 
 
-def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
-    """A baseline: transformers Trainer + peft LoRA in fp32, fixed or dynamic padding."""
+def _run_trainer(config, pad_to_max: bool, bf16: bool) -> dict[str, Any]:
+    """A baseline: transformers Trainer + peft LoRA with fp32 weights, fixed or dynamic padding,
+    with or without bf16 autocast."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
@@ -117,7 +127,7 @@ def _run_trainer(config, pad_to_max: bool) -> dict[str, Any]:
             learning_rate=config.train.learning_rate, lr_scheduler_type="cosine", warmup_steps=round(config.train.warmup_ratio * config.train.max_steps),
             max_grad_norm=config.train.max_grad_norm, weight_decay=config.train.weight_decay, seed=config.train.seed,
             logging_steps=1, save_strategy="no", report_to=[], remove_unused_columns=False, disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0,
+            use_cpu=True, dataloader_num_workers=0, bf16=bf16,
         )
         trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collate, callbacks=[timer])
         trainer.train()
@@ -169,7 +179,7 @@ def _contender(name: str, preset: str, corpus: str, examples: int, steps: int) -
     if name.startswith("econlm"):
         raw = _run_econlm(config)
     else:
-        raw = _run_trainer(config, pad_to_max=name.startswith("A"))
+        raw = _run_trainer(config, pad_to_max=name.startswith("A"), bf16=name.startswith("C"))
     last = raw["losses"][-4:]
     return {
         "tokens_per_s": raw["real_tokens"] / raw["seconds"],
@@ -189,8 +199,8 @@ def _contender(name: str, preset: str, corpus: str, examples: int, steps: int) -
     }
 
 
-CONTENDERS = {"A": "A: Trainer fp32 pad-to-512", "B": "B: Trainer fp32 dynamic-pad", "econlm": "econlm",
-              "glibc": "econlm on glibc malloc"}
+CONTENDERS = {"A": "A: Trainer fp32 pad-to-512", "B": "B: Trainer fp32 dynamic-pad",
+              "C": "C: Trainer bf16-autocast dynamic-pad", "econlm": "econlm", "glibc": "econlm on glibc malloc"}
 ECONLM = CONTENDERS["econlm"]
 
 
@@ -211,7 +221,7 @@ def _allocator(name: str, jemalloc: str | None):
 def _ratios(results: dict[str, dict]) -> dict[str, float]:
     """econlm against each baseline that ran."""
     ours, ratios = results[ECONLM], {}
-    for key in ("A", "B", "glibc"):
+    for key in ("A", "B", "C", "glibc"):
         other = results.get(CONTENDERS[key])
         if other is None:
             continue
@@ -222,6 +232,13 @@ def _ratios(results: dict[str, dict]) -> dict[str, float]:
     return ratios
 
 
+def default_contenders(config, have_jemalloc: bool) -> tuple[str, ...]:
+    """Every contender this machine can run and that compares something: C only where econlm's
+    preset autocasts to bf16, glibc only beside jemalloc."""
+    return (("A", "B") + (("C",) if _econlm_autocasts(config) else ()) + ("econlm",)
+            + (("glibc",) if have_jemalloc else ()))
+
+
 def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Path("bench/results"),
               contenders: tuple[str, ...] | None = None, preset: str = DEFAULT_PRESET) -> tuple[Path, dict]:
     """Run the chosen contenders (keys of CONTENDERS; default: all this machine can run) one after
@@ -229,8 +246,9 @@ def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Pa
     from tqdm.auto import tqdm
 
     jemalloc = jemalloc_library()  # looked up once: each lookup runs ldconfig
+    config = _config(preset, corpus, examples, steps)  # a bad preset fails here, before any contender starts
     if contenders is None:
-        contenders = ("A", "B", "econlm", "glibc") if jemalloc else ("A", "B", "econlm")
+        contenders = default_contenders(config, jemalloc is not None)
 
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown or "econlm" not in contenders:
@@ -238,7 +256,6 @@ def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Pa
     if "glibc" in contenders and not jemalloc:
         raise UserError("the glibc-malloc contender is compared with jemalloc, which this machine lacks "
                         "(apt-get install libjemalloc2), or leave it out of --contenders")
-    config = _config(preset, corpus, examples, steps)  # a bad preset fails here, before any contender starts
     context = multiprocessing.get_context("spawn")
     results = {}
     for key in tqdm(contenders, desc="bench train", unit="contender"):
@@ -251,6 +268,7 @@ def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Pa
                   "examples_per_step": config.train.batch_size, "lora": config.lora.model_dump(),
                   "econlm_config": config.model_dump(mode="json"), "val_examples_per_task": VAL_PER_TASK,
                   "baseline_micro_batch": MICRO_BATCH, "pad_to": PAD_TO,
+                  "econlm_precision": "bf16-autocast" if _econlm_autocasts(config) else "fp32",
                   "note": "tokens_per_s counts non-padding tokens over the wall-clock time of the optimizer steps; "
                           "tokens_per_cpu_s over the process's CPU time (all threads) in the same steps, which other "
                           "load on a shared machine barely changes; val_loss is fp32 answer-token cross-entropy on "

@@ -76,16 +76,18 @@ def merge(run_dir, out: Path) -> None:
 @click.option("--preset", default="cpu-smollm2-lora", show_default=True,
               help="Training preset whose model and settings every contender uses, e.g. cpu-qwen2.5-0.5b-lora.")
 @click.option("--contenders", default=None,
-              help="Comma-separated: A, B, econlm, glibc (econlm's trainer on glibc's malloc). "
-                   "Default: all four, without glibc where jemalloc is not installed.")
+              help="Comma-separated: A, B, C (B with bf16 autocast), econlm, glibc (econlm's trainer on glibc's "
+                   "malloc). Default: all, without C where econlm trains in fp32 (no native bf16 on this CPU) "
+                   "and without glibc where jemalloc is not installed.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("bench/results"), show_default=True,
               help="Result JSON file, or a directory for train-<timestamp>.json.")
 def bench_train(corpus: Path | None, examples: int, steps: int, preset: str, contenders: str | None, out: Path) -> None:
     """LoRA training of a preset's model: transformers Trainer baselines vs econlm's trainer.
 
     Reads the corpus; runs, one after another in fresh processes on the same CPU, (A) Trainer +
-    peft, fp32, every example padded to 512; (B) Trainer + peft, fp32, dynamic padding;
-    econlm's trainer with its defaults (on jemalloc); and the same on glibc's malloc. Writes the
+    peft, fp32, every example padded to 512; (B) Trainer + peft, fp32, dynamic padding; (C) B with
+    bf16 autocast, where econlm autocasts too; econlm's trainer with its defaults (on jemalloc);
+    and the same on glibc's malloc. Writes the
     JSON (tokens/s, s/step, peak RSS, losses, ratios) to --out.
     """
     from econlm.bench.train import run_bench
