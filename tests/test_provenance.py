@@ -22,7 +22,7 @@ def test_the_environment_names_versions_date_and_machine():
     assert set(env) == {"versions", "date", "machine"}
     assert env["versions"]["econlm"] == econlm.__version__ and "torch" in env["versions"]
     assert set(env["versions"]) <= {"econlm", *provenance.LIBRARIES}
-    assert set(env["machine"]) == {"cpu", "cores", "python", "platform", "allocator"}
+    assert set(env["machine"]) == {"cpu", "cpu_features", "cores", "python", "platform", "allocator"}
     assert datetime.fromisoformat(env["date"]).utcoffset().total_seconds() == 0
 
 

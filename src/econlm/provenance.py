@@ -34,18 +34,29 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
+CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile")  # as /proc/cpuinfo names them
+
+
 def machine() -> dict[str, Any]:
     """The hardware and runtime: timings and memory figures are only comparable on the same ones."""
     from econlm.allocator import current_allocator
 
-    cpu = ""
+    cpu, flags = "", set()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and not cpu:
+                    cpu = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
         pass
     return {
         "cpu": cpu or platform.processor(),
+        # One model name covers CPUs with and without these (AMD EPYC: AVX2 only, or AVX-512 with
+        # bf16), and training speed doubles between them (bf16 autocast needs native bf16).
+        "cpu_features": [flag for flag in CPU_FEATURES if flag in flags],
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
