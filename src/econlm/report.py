@@ -667,7 +667,7 @@ def write_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
            for c in checks]
     md += ["", "## Provenance", "", *_provenance_rows(runs), "",
            f"Library versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
-           f"Machine: {host['cpu']}, {host['cores']} cores, Python {host['python']}, {host['platform']}. "
+           f"Machine: {host['cpu']} ({', '.join(host['cpu_features']) or 'no AVX2'}), {host['cores']} cores, Python {host['python']}, {host['platform']}. "
            "For a GGUF run, the model hash is the file's sha256 and the adapter column holds the model it was exported "
            "from. Full per-run provenance (corpus hashes of all splits, model description, decoding, timings) is in "
            "`provenance.json`.", ""]
