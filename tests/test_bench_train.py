@@ -2,7 +2,7 @@
 
 import pytest
 
-from econlm.bench.train import default_contenders
+from econlm.bench.train import econlm_autocasts, default_contenders
 from econlm.config import load_config
 
 
@@ -11,6 +11,6 @@ from econlm.config import load_config
     ("bf16-autocast", True, ("A", "B", "C", "econlm", "glibc")),
     ("bf16-autocast", False, ("A", "B", "C", "econlm")),
 ])
-def test_the_bf16_trainer_runs_where_econlm_autocasts_and_glibc_beside_jemalloc(precision, have_jemalloc, expected):
+def test_the_bf16_trainer_runs_whereeconlm_autocasts_and_glibc_beside_jemalloc(precision, have_jemalloc, expected):
     config = load_config("cpu-qwen2.5-0.5b-lora", [f"model.precision={precision}"])
-    assert default_contenders(config, have_jemalloc) == expected
+    assert default_contenders(econlm_autocasts(config), have_jemalloc) == expected

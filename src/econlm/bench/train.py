@@ -64,7 +64,7 @@ def _encoded(config):
     return base, tokenizer, train, val
 
 
-def _econlm_autocasts(config) -> bool:
+def econlm_autocasts(config) -> bool:
     from econlm.training.trainer import autocast_dtype
 
     return autocast_dtype(config, "cpu") is not None
@@ -232,11 +232,10 @@ def _ratios(results: dict[str, dict]) -> dict[str, float]:
     return ratios
 
 
-def default_contenders(config, have_jemalloc: bool) -> tuple[str, ...]:
+def default_contenders(autocasts: bool, have_jemalloc: bool) -> tuple[str, ...]:
     """Every contender this machine can run and that compares something: C only where econlm's
     preset autocasts to bf16, glibc only beside jemalloc."""
-    return (("A", "B") + (("C",) if _econlm_autocasts(config) else ()) + ("econlm",)
-            + (("glibc",) if have_jemalloc else ()))
+    return ("A", "B") + (("C",) if autocasts else ()) + ("econlm",) + (("glibc",) if have_jemalloc else ())
 
 
 def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Path("bench/results"),
@@ -247,8 +246,9 @@ def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Pa
 
     jemalloc = jemalloc_library()  # looked up once: each lookup runs ldconfig
     config = _config(preset, corpus, examples, steps)  # a bad preset fails here, before any contender starts
+    autocasts = econlm_autocasts(config)
     if contenders is None:
-        contenders = default_contenders(config, jemalloc is not None)
+        contenders = default_contenders(autocasts, jemalloc is not None)
 
     unknown = [c for c in contenders if c not in CONTENDERS]
     if unknown or "econlm" not in contenders:
@@ -268,7 +268,7 @@ def run_bench(corpus: Path, examples: int = 256, steps: int = 16, out: Path = Pa
                   "examples_per_step": config.train.batch_size, "lora": config.lora.model_dump(),
                   "econlm_config": config.model_dump(mode="json"), "val_examples_per_task": VAL_PER_TASK,
                   "baseline_micro_batch": MICRO_BATCH, "pad_to": PAD_TO,
-                  "econlm_precision": "bf16-autocast" if _econlm_autocasts(config) else "fp32",
+                  "econlm_precision": "bf16-autocast" if autocasts else "fp32",
                   "note": "tokens_per_s counts non-padding tokens over the wall-clock time of the optimizer steps; "
                           "tokens_per_cpu_s over the process's CPU time (all threads) in the same steps, which other "
                           "load on a shared machine barely changes; val_loss is fp32 answer-token cross-entropy on "
