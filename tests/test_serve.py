@@ -105,7 +105,9 @@ def test_the_official_openai_client_gets_each_reply_tokens_log_probabilities(bas
     assert all(len(t.top_logprobs) == 2 and bytes(t.bytes).decode() == t.token for t in content)
     [(text, tokens)] = backend.chat_with_logprobs(HELLO, Decoding(max_new_tokens=8), top_logprobs=2)
     assert choice.message.content == text
-    assert [t.logprob for t in content] == pytest.approx([t.logprob for t in tokens], abs=1e-6)
+    # The second call reuses llama.cpp's cached prompt prefix, so its first token comes from a
+    # forward pass over a different batch shape: equal to float32 rounding, not bit for bit.
+    assert [t.logprob for t in content] == pytest.approx([t.logprob for t in tokens], abs=1e-4)
     plain = client.chat.completions.create(model="econlm", messages=HELLO, max_tokens=4, temperature=0)
     assert plain.choices[0].logprobs is None
 
