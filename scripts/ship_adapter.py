@@ -7,11 +7,14 @@ card names the preset the run record gives; --preset names it for a run recorded
 recorded their preset.
 
 Usage: .venv/bin/python scripts/ship_adapter.py RUN_DIR [--preset NAME] [--name NAME] [--dest DIR]
+                                                 [--weights-dtype float32|bfloat16|float16]
 
 Copies the run's self-description (adapter safetensors, config, tokenizer, chat template,
 econlm_run.json, metrics.json, train_log.jsonl, train_curve.png) without checkpoints/ (optimizer
 state stays out of git), and writes a README.md model card saying how far training got. The copy
-is made in a temp folder beside the destination and renamed into place.
+is made in a temp folder beside the destination and renamed into place. --weights-dtype stores the
+LoRA weights in half precision (a 0.5B model's fp32 adapter is 35 MB, over what the repository
+tracks); peft loads them into the float32 LoRA layers as it would float32 ones.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from econlm.io import atomic_dir
 from econlm.paths import package_data
 from econlm.models import DEFAULT_SHIPPED_ADAPTER, REGISTRY, SHIPPED_ADAPTER_NAME, SHIPPED_ADAPTERS_ROOT
 
-SHIPPED_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_template.jinja", "tokenizer.json",
+WEIGHTS = "adapter_model.safetensors"
+SHIPPED_FILES = ("adapter_config.json", WEIGHTS, "chat_template.jinja", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "econlm_run.json", "metrics.json",
                  "train_log.jsonl", "train_curve.png")
 
@@ -80,7 +84,24 @@ def changed_from_preset(preset: str, config: dict) -> list[str]:
             if key != "data.corpus" and ran[key] != wanted.get(key) and not _same_packaged_file(ran[key], wanted.get(key))]
 
 
-def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_per_s: float) -> str:
+def write_weights(source: Path, dest: Path, dtype: str) -> None:
+    """The adapter's safetensors as trained (float32), or its floating tensors cast to `dtype`."""
+    if dtype == "float32":
+        shutil.copy2(source, dest)
+        return
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as weights:
+        metadata = weights.metadata()
+        tensors = {key: weights.get_tensor(key) for key in weights.keys()}
+    cast = {key: t.to(getattr(torch, dtype)) if t.is_floating_point() else t for key, t in tensors.items()}
+    save_file(cast, str(dest), metadata=metadata)
+
+
+def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_per_s: float,
+               weights_dtype: str = "float32") -> str:
     config = run["config"]
     changed = changed_from_preset(preset, config)
     with_changes = f" with {', '.join(f'`{c}`' for c in changed)}" if changed else ""
@@ -98,6 +119,8 @@ def model_card(name: str, preset: str, run: dict, metrics: dict, typical_tokens_
     loading = (f"`econlm eval --model {SHIPPED_ADAPTER_NAME} ...`, `econlm app` and `econlm reproduce` load this folder by default."
                if name == DEFAULT_SHIPPED_ADAPTER else
                f"`econlm eval --model {name} ...` loads this folder (the default `{SHIPPED_ADAPTER_NAME}` is {DEFAULT_SHIPPED_ADAPTER}).")
+    stored = ("" if weights_dtype == "float32" else
+              f"\n- Weights stored in {weights_dtype} (trained in float32); they load into float32 LoRA layers.")
     return f"""# {name}
 
 LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, {layers}) for
@@ -105,7 +128,7 @@ LoRA adapter (r={config['lora']['r']}, alpha={config['lora']['alpha']}, {layers}
 `{preset}` preset{with_changes} on the arXiv economics train split: tasks {tasks}
 (templates {', '.join(dict.fromkeys(run['templates'].values()))}).
 
-- Training state: {state}.{start}
+- Training state: {state}.{start}{stored}
 - Chosen checkpoint: step {metrics['best_step']} (lowest mean validation loss {metrics['best_val_loss_mean']:.4f};
   per task: {losses}).
 - Training time{'' if metrics.get('finished') else ' so far'}: {metrics['train_seconds'] / 3600:.2f} h of steps on a 2-core CPU, {metrics['tokens_per_s']} tokens/s
@@ -124,6 +147,8 @@ def main() -> None:
     parser.add_argument("--preset", help="the preset the run was trained with [default: econlm_run.json's preset]")
     parser.add_argument("--name", help="the shipped model's name [default: --dest's folder name, else econlm-<packaged base>]")
     parser.add_argument("--dest", type=Path, help="the folder to write [default: the package's adapters/NAME]")
+    parser.add_argument("--weights-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                        help="the stored adapter weights' precision [default: float32, as trained]")
     args = parser.parse_args()
     run = json.loads((args.run_dir / "econlm_run.json").read_text())
     metrics = json.loads((args.run_dir / "metrics.json").read_text())
@@ -134,9 +159,11 @@ def main() -> None:
     dest = args.dest or SHIPPED_ADAPTERS_ROOT / name
     with atomic_dir(dest) as tmp:
         for file_name in SHIPPED_FILES:
-            if (args.run_dir / file_name).is_file():
+            if file_name == WEIGHTS:
+                write_weights(args.run_dir / WEIGHTS, tmp / WEIGHTS, args.weights_dtype)
+            elif (args.run_dir / file_name).is_file():
                 shutil.copy2(args.run_dir / file_name, tmp / file_name)
-        card = model_card(name, preset, run, metrics, median_tokens_per_s(args.run_dir))
+        card = model_card(name, preset, run, metrics, median_tokens_per_s(args.run_dir), args.weights_dtype)
         (tmp / "README.md").write_text(card, encoding="utf-8")
     print(f"shipped {args.run_dir} -> {dest}")
 

@@ -197,6 +197,26 @@ def test_ship_adapter_copies_the_best_adapter_without_optimizer_state(debug_run,
     assert "`debug` preset with `train.eval_every=2`, `train.max_steps=4` on" in card
 
 
+def test_ship_adapter_stores_half_precision_weights_that_load_into_float32_lora_layers(debug_run):
+    from safetensors.torch import load_file
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "ship_adapter.py"
+    dest = debug_run.parent / "econlm-test-bf16"  # beside the run, so its "./base" resolves as "../debug/base"
+    config = json.loads((debug_run / "adapter_config.json").read_text())
+    subprocess.run([sys.executable, str(script), str(debug_run), "--dest", str(dest), "--weights-dtype", "bfloat16"],
+                   check=True, capture_output=True)
+    (dest / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "../debug/base"}))
+    trained, stored = load_file(debug_run / "adapter_model.safetensors"), load_file(dest / "adapter_model.safetensors")
+    assert stored.keys() == trained.keys() and {t.dtype for t in stored.values()} == {torch.bfloat16}
+    assert "Weights stored in bfloat16" in (dest / "README.md").read_text()
+    model, _ = load_model(ModelRef.parse(dest))
+    loaded = {name: p for name, p in model.named_parameters() if "lora_" in name}
+    assert loaded and {p.dtype for p in loaded.values()} == {torch.float32}
+    some_key = next(iter(stored))
+    [same] = [p for name, p in loaded.items() if name.replace(".default", "") == some_key]
+    assert torch.equal(same.detach(), stored[some_key].float())
+
+
 def test_the_model_card_counts_a_packaged_file_of_another_checkout_as_the_presets(tmp_path):
     """A run trained from another checkout records that checkout's copy of the preset's Q&A file:
     the same file, not a change; a file outside any econlm package is one."""
