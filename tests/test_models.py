@@ -58,7 +58,8 @@ def test_adapter_refs_carry_their_base(tmp_path):
 def test_shipped_adapter_is_named_econlm():
     shipped = ModelRef.parse("econlm")
     assert shipped.kind == "adapter" and shipped.name == "econlm" and shipped.path == models.SHIPPED_ADAPTER_DIR.resolve()
-    assert shipped.base == ModelRef.parse(models.DEFAULT_MODEL)
+    trained_on = json.loads((models.SHIPPED_ADAPTER_DIR / "econlm_run.json").read_text())["base_model"]
+    assert shipped.base == ModelRef.parse(trained_on) and shipped.base.kind == "packaged"
 
 
 def test_every_shipped_adapter_folder_is_a_model_by_its_name(tiny_llama, tmp_path, monkeypatch):
@@ -253,9 +254,9 @@ def test_packaged_model_converts_once_then_loads_from_cache():
 
     assert ModelRef.parse("smollm2-135m-instruct").converted_dir() == path
     assert marker.stat().st_mtime_ns == stamp  # reused, not converted again
-    # The base's one content hash: what `econlm train` recorded for the shipped adapter's base.
-    shipped_run = json.loads((models.SHIPPED_ADAPTER_DIR / "econlm_run.json").read_text())
-    assert packaged.hash == shipped_run["base_model_hash"] == ModelRef.parse("econlm").base.hash
+    # The base's one content hash: what `econlm train` recorded for the shipped SmolLM2 adapter's base.
+    shipped_run = json.loads((models.shipped_adapters()["econlm-smollm2-135m"] / "econlm_run.json").read_text())
+    assert packaged.hash == shipped_run["base_model_hash"] == ModelRef.parse("econlm-smollm2-135m").base.hash
 
     model, tokenizer = models.load_model(packaged)
     enc = tokenizer.apply_chat_template(

@@ -340,7 +340,7 @@ def test_bench_serve_empties_vllms_prefix_cache_before_every_round(home, small_c
         pytest.skip(f"vLLM's virtualenv is absent ({sys.prefix}-vllm, or $ECONLM_VLLM_PYTHON): make install-vllm")
     from econlm.bench.serve import run_serve_bench
 
-    result = run_serve_bench(ModelRef.parse("econlm"), small_corpus, n_prompts=2, concurrency=(1, 2), max_tokens=2,
+    result = run_serve_bench(ModelRef.parse("econlm-smollm2-135m"), small_corpus, n_prompts=2, concurrency=(1, 2), max_tokens=2,
                              engines=("vllm",), log_dir=tmp_path / "logs")
     assert result["vllm_prefix_cache"] == "emptied before every measured round"
     for level in ("c1", "c2"):

@@ -177,7 +177,7 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 # adapter is a new folder and, if it becomes the default, a new DEFAULT_SHIPPED_ADAPTER.
 SHIPPED_ADAPTERS_ROOT = shipped_models_dir()
 SHIPPED_ADAPTER_NAME = "econlm"
-DEFAULT_SHIPPED_ADAPTER = "econlm-smollm2-135m"
+DEFAULT_SHIPPED_ADAPTER = "econlm-qwen2.5-coder-0.5b"
 SHIPPED_ADAPTER_DIR = SHIPPED_ADAPTERS_ROOT / DEFAULT_SHIPPED_ADAPTER
 
 

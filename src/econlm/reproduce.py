@@ -1,7 +1,7 @@
 """`econlm reproduce`: the whole study in one command.
 
 build data -> fine-tuned model (the shipped adapter, or `--train` a new one) -> evaluate title
-generation and classification for the fine-tuned model, the base model zero-shot and Gemma-3-270M
+generation and classification for the fine-tuned model, its base model zero-shot and Gemma-3-270M
 one-shot, and the shipped econlm classifier (stacked on the shipped adapter; left out when the
 fine-tuned model is another one, e.g. with --train) -> the baselines -> the report.
 
@@ -47,7 +47,7 @@ PRESETS = {
     "full": Preset("full", eval_limit=None, baselines=BaselineSettings(), train_preset="cpu-smollm2-lora"),
 }
 
-BASE_MODEL = "smollm2-135m-instruct"
+BASE_MODEL = "smollm2-135m-instruct"  # the base row when there is no fine-tuned model to take it from
 ONE_SHOT_MODEL = "gemma3-270m"
 
 
@@ -97,7 +97,9 @@ def reproduce(corpus_dir: str | Path, out_dir: str | Path, preset_name: str = "q
     build_datasets(corpus_dir, "title,classify", out_dir / "datasets", seed=seed)
     tuned = fine_tuned_model(preset, train, corpus_dir, out_dir)
 
-    models = [(name, ref) for name, ref in (("econlm", tuned), ("base", ModelRef.parse(BASE_MODEL)),
+    # The base row is the fine-tuned model's own base: our counterpart of the study's "LLaMA-2 (base)".
+    base = tuned.base if tuned is not None else ModelRef.parse(BASE_MODEL)
+    models = [(name, ref) for name, ref in (("econlm", tuned), ("base", base),
                                             ("gemma-one-shot", ModelRef.parse(ONE_SHOT_MODEL))) if ref is not None]
     run_dirs = []
     for name, ref in models:

@@ -184,7 +184,7 @@ def bench_eval_(corpus, spec, n, batch_size, max_new_tokens, out):
 def reproduce(corpus, preset, train, seed, out, report_out):
     """The whole study: data -> fine-tuned model -> eval both tasks -> baselines -> report.
 
-    Reads the corpus, the shipped adapter (models/econlm-smollm2-135m) and the packaged base
+    Reads the corpus, the default shipped adapter (`econlm`, models/econlm-qwen2.5-coder-0.5b) and the packaged base
     models; writes OUT/datasets, OUT/eval/<model>-<task>, OUT/baselines and the report
     (OUT/report/report.md, or --report-out). Without a shipped adapter and without --train, the
     fine-tuned rows are reported as pending.
