@@ -28,10 +28,10 @@ from pathlib import Path
 from econlm.config import load_config
 from econlm.io import atomic_dir
 from econlm.paths import package_data
+from econlm.training.init_adapter import ADAPTER_WEIGHTS
 from econlm.models import DEFAULT_SHIPPED_ADAPTER, REGISTRY, SHIPPED_ADAPTER_NAME, SHIPPED_ADAPTERS_ROOT
 
-WEIGHTS = "adapter_model.safetensors"
-SHIPPED_FILES = ("adapter_config.json", WEIGHTS, "chat_template.jinja", "tokenizer.json",
+SHIPPED_FILES = ("adapter_config.json", ADAPTER_WEIGHTS, "chat_template.jinja", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json", "econlm_run.json", "metrics.json",
                  "train_log.jsonl", "train_curve.png")
 
@@ -159,8 +159,8 @@ def main() -> None:
     dest = args.dest or SHIPPED_ADAPTERS_ROOT / name
     with atomic_dir(dest) as tmp:
         for file_name in SHIPPED_FILES:
-            if file_name == WEIGHTS:
-                write_weights(args.run_dir / WEIGHTS, tmp / WEIGHTS, args.weights_dtype)
+            if file_name == ADAPTER_WEIGHTS:
+                write_weights(args.run_dir / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS, args.weights_dtype)
             elif (args.run_dir / file_name).is_file():
                 shutil.copy2(args.run_dir / file_name, tmp / file_name)
         card = model_card(name, preset, run, metrics, median_tokens_per_s(args.run_dir), args.weights_dtype)
